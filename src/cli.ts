@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+// pg-durable-proxy: starts the embedded PostgreSQL (unless --upstream is given),
+// the wire proxy and the admin endpoint; stops them in that order's reverse.
+import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
+import { pino, type Logger } from 'pino';
+import { AdminServer } from './admin/server.js';
+import { ConfigError, describeSettings, loadConfig, splitHostPort, type Config } from './config.js';
+import { EmbeddedPostgres } from './embedded.js';
+import { ProxyServer } from './proxy/server.js';
+import { upstreamFromUrl } from './proxy/upstream.js';
+
+function usage(): string {
+  const rows = describeSettings().map(
+    (s) => `  ${s.flag.padEnd(22)} ${s.env.padEnd(26)} ${s.description}${s.default !== undefined ? ` (default ${String(s.default)})` : ''}`,
+  );
+  return [
+    'usage: pg-durable-proxy [options]',
+    '',
+    '  --config FILE          PGDP_CONFIG                JSON file of settings (flags > env > file > defaults)',
+    ...rows,
+  ].join('\n');
+}
+
+/** The URL to hand to clients: the proxy's address with the upstream's user and database. */
+function clientUrl(listen: { host: string; port: number }, upstreamUrl: string, showPassword: boolean): string {
+  const up = new URL(upstreamUrl);
+  const out = new URL('postgres://localhost');
+  out.hostname = listen.host.includes(':') ? `[${listen.host}]` : listen.host;
+  out.port = String(listen.port);
+  out.username = up.username;
+  if (showPassword) out.password = up.password;
+  out.pathname = up.pathname;
+  return out.toString();
+}
+
+async function run(cfg: Config, log: Logger): Promise<void> {
+  let secureContext: tls.SecureContext | undefined;
+  if (cfg.tlsCert && cfg.tlsKey) {
+    try {
+      secureContext = tls.createSecureContext({ cert: readFileSync(cfg.tlsCert), key: readFileSync(cfg.tlsKey) });
+    } catch (err) {
+      throw new ConfigError(`invalid setting tlsCert/tlsKey: ${(err as Error).message}`);
+    }
+  }
+
+  let embedded: EmbeddedPostgres | undefined;
+  if (!cfg.upstream) {
+    embedded = await EmbeddedPostgres.start({ dataDir: cfg.dataDir, port: cfg.embeddedPort, log });
+    embedded.onUnexpectedExit = () => process.exit(1);
+  }
+  const upstreamUrl = cfg.upstream ?? embedded!.url;
+
+  const proxy = new ProxyServer({
+    upstream: upstreamFromUrl(upstreamUrl),
+    ...splitHostPort(cfg.listen),
+    log,
+    tls: secureContext,
+    maxMessageSize: cfg.maxMessageSize,
+    startupTimeoutMs: cfg.startupTimeout * 1000,
+    connectTimeoutMs: cfg.connectTimeout * 1000,
+  });
+  let admin: AdminServer | undefined;
+  try {
+    const at = await proxy.listen();
+    if (cfg.admin !== 'off') {
+      admin = new AdminServer({ ...splitHostPort(cfg.admin), stats: proxy.stats, probeUrl: cfg.executorUrl ?? upstreamUrl, log });
+      const a = await admin.listen();
+      log.info({ admin: `http://${a.host}:${a.port}` }, 'admin endpoint listening');
+    }
+    const url = clientUrl(at, upstreamUrl, embedded !== undefined);
+    log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: url }, 'proxy ready');
+    process.stderr.write(`pg-durable-proxy ready: psql '${url}'\n`);
+  } catch (err) {
+    await embedded?.stop();
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
+      throw new ConfigError(`cannot listen on ${(e as { address?: string }).address ?? ''}:${(e as { port?: number }).port ?? ''}: ${e.code}`);
+    }
+    throw err;
+  }
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal, timeoutSeconds: cfg.shutdownTimeout }, 'shutting down: letting running statements finish');
+    await proxy.shutdown(cfg.shutdownTimeout * 1000);
+    await admin?.close();
+    await embedded?.stop();
+    log.info('stopped');
+    log.flush();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+function main(): void {
+  let cfg: ReturnType<typeof loadConfig>;
+  try {
+    cfg = loadConfig(process.argv.slice(2), process.env);
+  } catch (err) {
+    process.stderr.write(`pg-durable-proxy: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  if (cfg.help) {
+    process.stdout.write(usage() + '\n');
+    return;
+  }
+  const log = pino({ level: cfg.logLevel, base: { service: 'pg-durable-proxy' } });
+  run(cfg, log).catch((err: unknown) => {
+    const msg = err instanceof Error ? err.message : String(err);
+    log.fatal({ err: msg }, 'start-up failed');
+    process.stderr.write(`pg-durable-proxy: ${msg}\n`);
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  });
+}
+
+main();

@@ -1,0 +1,143 @@
+// Configuration: flags > PGDP_* environment > config file (JSON) > defaults,
+// validated with zod. An invalid setting is one line naming the setting, where
+// it came from, the value and what is allowed.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { UpstreamError, upstreamFromUrl } from './proxy/upstream.js';
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:6433').refine(
+  (v) => {
+    const port = Number(v.slice(v.lastIndexOf(':') + 1));
+    return port >= 0 && port <= 65535;
+  },
+  { message: 'expected a port from 0 to 65535' },
+);
+
+const postgresUrl = z.string().superRefine((v, ctx) => {
+  try {
+    upstreamFromUrl(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `expected a postgres:// URL (${err instanceof UpstreamError ? err.message : String(err)})` });
+  }
+});
+
+/** One entry per setting: its flag, environment variable and file key derive from the key. */
+const settings = {
+  upstream: postgresUrl.optional().describe('PostgreSQL to front; absent: start an embedded PostgreSQL 17'),
+  dataDir: z.string().min(1).default('.pg-durable/data').describe('data directory of the embedded PostgreSQL'),
+  listen: hostPort.default('127.0.0.1:6433').describe('address the proxy listens on'),
+  executorUrl: postgresUrl.optional().describe('credentials the executor and health check connect with'),
+  admin: z
+    .union([hostPort, z.literal('off')])
+    .default('127.0.0.1:9433')
+    .describe('admin HTTP address (/healthz, /metrics), or "off"'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level'),
+  tlsCert: z.string().min(1).optional().describe('PEM certificate for TLS to clients (with tlsKey)'),
+  tlsKey: z.string().min(1).optional().describe('PEM private key for TLS to clients (with tlsCert)'),
+  shutdownTimeout: z.coerce.number().int().min(0).max(86400).default(30).describe('seconds running statements get to finish on SIGTERM/SIGINT'),
+  startupTimeout: z.coerce.number().int().min(1).max(3600).default(60).describe('seconds a client has to finish startup and authentication'),
+  connectTimeout: z.coerce.number().int().min(1).max(3600).default(10).describe('seconds to wait for the upstream to accept a connection'),
+  maxMessageSize: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(0x3fffffff)
+    .default(0x3fffffff)
+    .describe('largest client message accepted, in bytes (PostgreSQL allows 1 GiB - 1)'),
+  embeddedPort: z.coerce.number().int().min(0).max(65535).default(0).describe('port of the embedded PostgreSQL on 127.0.0.1; 0 picks a free one'),
+} as const;
+
+export type SettingName = keyof typeof settings;
+const names = Object.keys(settings) as SettingName[];
+
+const schema = z.object(settings).strict();
+export type Config = z.infer<typeof schema>;
+
+export const flagOf = (k: string): string => '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+export const envOf = (k: string): string => 'PGDP_' + k.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+
+export class ConfigError extends Error {}
+
+/** Each setting with its flag, variable and description, for --help and the README. */
+export function describeSettings(): { name: SettingName; flag: string; env: string; description: string; default?: unknown }[] {
+  return names.map((name) => {
+    const s = settings[name];
+    const parsed = s.safeParse(undefined);
+    return {
+      name,
+      flag: flagOf(name),
+      env: envOf(name),
+      description: s.description ?? '',
+      ...(parsed.success && parsed.data !== undefined ? { default: parsed.data } : {}),
+    };
+  });
+}
+
+type Source = 'flag' | 'env' | 'file';
+
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config & { help: boolean } {
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { config: { type: 'string' }, help: { type: 'boolean', short: 'h' } };
+  for (const n of names) options[flagOf(n).slice(2)] = { type: 'string' };
+  let flags: Record<string, string | boolean | undefined>;
+  try {
+    flags = parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    throw new ConfigError(`${(err as Error).message.split('\n')[0]} (see --help)`);
+  }
+
+  const raw: Record<string, unknown> = {};
+  const from: Record<string, string> = {};
+  const configPath = (flags.config as string | undefined) ?? env.PGDP_CONFIG;
+  if (configPath) {
+    let text: string;
+    try {
+      text = readFileSync(configPath, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`config file ${configPath}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    let file: unknown;
+    try {
+      file = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(`config file ${configPath}: not valid JSON (${(err as Error).message})`);
+    }
+    if (typeof file !== 'object' || file === null || Array.isArray(file)) {
+      throw new ConfigError(`config file ${configPath}: expected a JSON object of settings`);
+    }
+    for (const [k, v] of Object.entries(file)) {
+      if (!(names as string[]).includes(k)) {
+        throw new ConfigError(`config file ${configPath}: unknown setting "${k}"; known settings: ${names.join(', ')}`);
+      }
+      raw[k] = v;
+      from[k] = `config file ${configPath}`;
+    }
+  }
+  const set = (k: SettingName, v: string | undefined, src: Source): void => {
+    if (v === undefined) return;
+    raw[k] = v;
+    from[k] = src === 'flag' ? flagOf(k) : envOf(k);
+  };
+  for (const n of names) set(n, env[envOf(n)], 'env');
+  for (const n of names) set(n, flags[flagOf(n).slice(2)] as string | undefined, 'flag');
+
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const key = String(issue.path[0] ?? '');
+    const where = from[key] ?? 'default';
+    throw new ConfigError(`invalid setting ${key} (from ${where}): ${JSON.stringify(raw[key])}: ${issue.message}`);
+  }
+  const cfg = parsed.data;
+  if ((cfg.tlsCert === undefined) !== (cfg.tlsKey === undefined)) {
+    const missing = cfg.tlsCert === undefined ? 'tlsCert' : 'tlsKey';
+    throw new ConfigError(`invalid setting ${missing}: tlsCert and tlsKey must be given together (${flagOf(missing)} / ${envOf(missing)})`);
+  }
+  return { ...cfg, help: flags.help === true };
+}
+
+/** Splits a validated HOST:PORT. */
+export function splitHostPort(v: string): { host: string; port: number } {
+  const i = v.lastIndexOf(':');
+  return { host: v.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(v.slice(i + 1)) };
+}
