@@ -203,7 +203,13 @@ async function initdb(bin: Binaries, dataDir: string, owner: { uid: number; gid:
       child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
       child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
       child.once('error', reject);
-      child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`initdb failed (exit ${code}):\n${output}`))));
+      child.once('exit', (code) => {
+        if (code === 0) return resolve();
+        const hint = owner && output.includes('Permission denied')
+          ? `\nPostgreSQL runs as the OS user "${OS_USER}" here (it refuses root): every parent directory of ${dataDir} must be searchable by it.`
+          : '';
+        reject(new Error(`initdb failed (exit ${code}):\n${output.trim()}${hint}`));
+      });
     });
   } catch (err) {
     rmSync(dataDir, { recursive: true, force: true });

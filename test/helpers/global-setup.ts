@@ -1,0 +1,119 @@
+// Starts the PostgreSQL every integration test talks to (the embedded one, or
+// TEST_DATABASE_URL's) and prepares it: roles for each authentication method,
+// their pg_hba rules, and TLS. Everything is done over SQL, so the same set-up
+// works on an embedded server and on a local server given by URL.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { pino } from 'pino';
+import type { TestProject } from 'vitest/node';
+import { EmbeddedPostgres } from '../../src/embedded.js';
+import { ROLES, type TestEnv } from './roles.js';
+
+/** Writes a file as the server's OS user (large-object export). */
+async function writeServerFile(admin: pg.Client, file: string, content: string): Promise<void> {
+  const { rows } = await admin.query<{ o: number }>(`SELECT lo_from_bytea(0, $1) AS o`, [Buffer.from(content)]);
+  await admin.query(`SELECT lo_export($1::oid, $2)`, [rows[0]!.o, file]);
+  await admin.query(`SELECT lo_unlink($1::oid)`, [rows[0]!.o]);
+}
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    env: TestEnv;
+  }
+}
+
+let embedded: EmbeddedPostgres | undefined;
+let tmp: string | undefined;
+
+export async function setup(project: TestProject): Promise<void> {
+  tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-test-'));
+  chmodSync(tmp, 0o755); // run as root, PostgreSQL runs as another OS user and must reach its data directory
+  let adminUrl = process.env.TEST_DATABASE_URL;
+  if (!adminUrl) {
+    embedded = await EmbeddedPostgres.start({
+      dataDir: path.join(tmp, 'data'),
+      port: 0,
+      log: pino({ level: 'warn' }),
+      settings: { max_connections: '300' },
+    });
+    adminUrl = embedded.url;
+  }
+  const certDir = path.join(tmp, 'certs');
+  const cert = makeCertificate(certDir);
+
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    // TLS: write the certificate as the server's own OS user and switch ssl on (a reload suffices).
+    for (const [file, pem] of [
+      ['pgdp_test_server.crt', cert.certPem],
+      ['pgdp_test_server.key', cert.keyPem],
+    ] as const) {
+      const { rows } = await admin.query<{ dir: string }>(`SELECT current_setting('data_directory') AS dir`);
+      await writeServerFile(admin, path.join(rows[0]!.dir, file), pem);
+    }
+    await admin.query(`ALTER SYSTEM SET ssl_cert_file = 'pgdp_test_server.crt'`);
+    await admin.query(`ALTER SYSTEM SET ssl_key_file = 'pgdp_test_server.key'`);
+    await admin.query(`ALTER SYSTEM SET ssl = on`);
+
+    // One role per authentication method, each with its own pg_hba line ahead of the existing rules.
+    for (const r of Object.values(ROLES)) {
+      await admin.query(`DROP ROLE IF EXISTS ${r.user}`);
+      await admin.query(`SET password_encryption = '${r.method === 'md5' ? 'md5' : 'scram-sha-256'}'`);
+      await admin.query(`CREATE ROLE ${r.user} LOGIN PASSWORD '${r.password}'`);
+      await admin.query(`GRANT CREATE ON SCHEMA public TO ${r.user}`);
+    }
+    await admin.query(`RESET password_encryption`);
+    const { rows: hba } = await admin.query<{ path: string; text: string }>(
+      `SELECT current_setting('hba_file') AS path, pg_read_file(current_setting('hba_file')) AS text`,
+    );
+    const marker = '# pg-durable-proxy tests';
+    const existing = hba[0]!.text.split(marker).pop()!;
+    const rules = Object.values(ROLES)
+      .map((r) => `host all ${r.user} 127.0.0.1/32 ${r.method}\nhost all ${r.user} ::1/128 ${r.method}`)
+      .join('\n');
+    await writeServerFile(admin, hba[0]!.path, `${rules}\n${marker}${existing}`);
+    await admin.query(`SELECT pg_reload_conf()`);
+    // The reload is asynchronous: wait until TLS is on.
+    for (let i = 0; i < 50; i++) {
+      const { rows } = await admin.query<{ ssl: string }>(`SELECT current_setting('ssl') AS ssl`);
+      if (rows[0]!.ssl === 'on') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    await admin.end();
+  }
+
+  const u = new URL(adminUrl);
+  const env: TestEnv = {
+    adminUrl,
+    pgHost: u.hostname,
+    pgPort: Number(u.port || 5432),
+    caCertPath: cert.certPath,
+    certPath: cert.certPath,
+    keyPath: cert.keyPath,
+  };
+  project.provide('env', env);
+}
+
+export async function teardown(): Promise<void> {
+  await embedded?.stop();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+}
+
+/** A self-signed certificate for localhost / 127.0.0.1, used both by the test server and the proxy. */
+function makeCertificate(dir: string): { certPath: string; keyPath: string; certPem: string; keyPem: string } {
+  execFileSync('mkdir', ['-p', dir]);
+  const certPath = path.join(dir, 'server.crt');
+  const keyPath = path.join(dir, 'server.key');
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+    { stdio: 'ignore' },
+  );
+  return { certPath, keyPath, certPem: readFileSync(certPath, 'utf8'), keyPem: readFileSync(keyPath, 'utf8') };
+}
