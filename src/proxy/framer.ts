@@ -19,11 +19,12 @@ export interface FramerHandler {
   write(bytes: Buffer): void;
 }
 
-/** A peer broke the protocol; the session ends with FATAL and this SQLSTATE. */
+/** A peer broke the protocol (or asked for what cannot work); the session ends with FATAL and this SQLSTATE. */
 export class ProtocolViolation extends Error {
   constructor(
     message: string,
     readonly code = '08P01',
+    readonly more: { detail?: string; hint?: string } = {},
   ) {
     super(message);
   }

@@ -175,6 +175,18 @@ export function withoutChannelBinding(msg: Buffer): Buffer {
 }
 
 /**
+ * True for a SASLInitialResponse whose GS2 header is "y": the client (libpq
+ * over TLS) supports channel binding but believes the server does not. A
+ * server reached over TLS rejects that as a downgrade attack, and the client's
+ * proof covers the header, so the proxy cannot rewrite it.
+ */
+export function saslClaimsNoServerBinding(msg: Buffer): boolean {
+  const nameEnd = msg.indexOf(0, 5);
+  if (nameEnd < 0 || nameEnd + 5 >= msg.length) return false;
+  return msg[nameEnd + 5] === 0x79 /* y */;
+}
+
+/**
  * Cheap pre-filter: does this Query/Parse message mention the `df` schema
  * (`df.` or `"df".`, any case)? Finds each '.' with the native indexOf and
  * looks back; false positives are fine, misses are not.

@@ -18,6 +18,7 @@ import {
   isFrontendType,
   mentionsDf,
   negotiateProtocolVersion,
+  saslClaimsNoServerBinding,
   parseStartupParams,
   startupMessage,
   withoutChannelBinding,
@@ -59,6 +60,8 @@ export class Session implements SessionInfo {
   /** Transaction status from the last ReadyForQuery: I, T or E. */
   private txStatus = 0x49;
   private serverSentFatal = false;
+  /** The server asked for SASL and the client's first response has not been seen yet. */
+  private saslInitialDue = false;
   private clientTerminated = false;
   private draining = false;
   private readonly openedAt = Date.now();
@@ -190,7 +193,7 @@ export class Session implements SessionInfo {
       this.ctx.stats.protocolErrors++;
       this.closeReason = `protocol violation: ${err.message}`;
       this.log.warn({ reason: err.message }, 'protocol violation from client');
-      this.fatal({ severity: 'FATAL', code: '08P01', message: err.message });
+      this.fatal({ severity: 'FATAL', code: err.code, message: err.message, ...err.more });
     }
   }
 
@@ -221,6 +224,8 @@ export class Session implements SessionInfo {
             return COLLECT;
           case MSG.parse:
             return COLLECT;
+          case 0x70: // password / SASL response, looked at only for the first SASL response
+            return this.saslInitialDue ? COLLECT : PASS;
           case MSG.execute:
             stats.queries++;
             return PASS;
@@ -236,6 +241,17 @@ export class Session implements SessionInfo {
         }
       },
       message: (msg: Buffer): Buffer | undefined => {
+        if (msg[0] === 0x70) {
+          this.saslInitialDue = false;
+          if (this.server instanceof tls.TLSSocket && saslClaimsNoServerBinding(msg)) {
+            throw new ProtocolViolation('SCRAM channel binding cannot pass through pg-durable-proxy', '28000', {
+              detail:
+                'The client connected with TLS and offered channel binding; the proxy ends that TLS connection and opens its own to the server, which would see the exchange as a downgrade attack.',
+              hint: 'Connect with channel_binding=disable, or configure the upstream with sslmode=disable on a trusted network.',
+            });
+          }
+          return undefined;
+        }
         if (!mentionsDf(msg)) return undefined;
         stats.dfStatements++;
         return this.ctx.interceptor?.rewrite(msg, this);
@@ -278,7 +294,11 @@ export class Session implements SessionInfo {
             return undefined;
           }
           case MSG.authentication:
-            return msg.length > 9 && msg.readInt32BE(5) === AUTH_SASL ? withoutChannelBinding(msg) : undefined;
+            if (msg.length > 9 && msg.readInt32BE(5) === AUTH_SASL) {
+              this.saslInitialDue = true;
+              return withoutChannelBinding(msg);
+            }
+            return undefined;
           case MSG.backendKeyData: {
             if (msg.length !== 13) return undefined;
             this.backendKey = { pid: msg.readInt32BE(5), secret: msg.readInt32BE(9) };

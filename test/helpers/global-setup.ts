@@ -3,7 +3,7 @@
 // their pg_hba rules, and TLS. Everything is done over SQL, so the same set-up
 // works on an embedded server and on a local server given by URL.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -53,7 +53,10 @@ export async function setup(project: TestProject): Promise<void> {
       ['pgdp_test_server.key', cert.keyPem],
     ] as const) {
       const { rows } = await admin.query<{ dir: string }>(`SELECT current_setting('data_directory') AS dir`);
-      await writeServerFile(admin, path.join(rows[0]!.dir, file), pem);
+      const target = path.join(rows[0]!.dir, file);
+      await writeServerFile(admin, target, pem);
+      // PostgreSQL refuses a key readable by others; the file is the server user's, we may be root beside it.
+      if (existsSync(target)) chmodSync(target, 0o600);
     }
     await admin.query(`ALTER SYSTEM SET ssl_cert_file = 'pgdp_test_server.crt'`);
     await admin.query(`ALTER SYSTEM SET ssl_key_file = 'pgdp_test_server.key'`);
@@ -77,11 +80,19 @@ export async function setup(project: TestProject): Promise<void> {
       .join('\n');
     await writeServerFile(admin, hba[0]!.path, `${rules}\n${marker}${existing}`);
     await admin.query(`SELECT pg_reload_conf()`);
-    // The reload is asynchronous: wait until TLS is on.
-    for (let i = 0; i < 50; i++) {
-      const { rows } = await admin.query<{ ssl: string }>(`SELECT current_setting('ssl') AS ssl`);
-      if (rows[0]!.ssl === 'on') break;
-      await new Promise((r) => setTimeout(r, 100));
+    // The reload is asynchronous: wait until a TLS connection works.
+    const tlsUrl = new URL(adminUrl);
+    tlsUrl.searchParams.set('sslmode', 'no-verify');
+    for (let i = 0; ; i++) {
+      const probe = new pg.Client({ connectionString: tlsUrl.toString() });
+      try {
+        await probe.connect();
+        await probe.end();
+        break;
+      } catch (err) {
+        if (i >= 50) throw new Error(`the test PostgreSQL did not enable TLS: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
     }
   } finally {
     await admin.end();
