@@ -10,6 +10,8 @@ export { serialize };
 
 export class RawConnection {
   readonly messages: BackendMessage[] = [];
+  /** Everything received after the single-byte answers, as it arrived. */
+  private received: Buffer[] = [];
   private readonly parser = new Parser();
   private waiters: (() => void)[] = [];
   closed = false;
@@ -25,7 +27,10 @@ export class RawConnection {
         this.expectSingleByte--;
         chunk = chunk.subarray(1);
       }
-      if (chunk.length > 0) this.parser.parse(chunk, (m) => this.messages.push(m));
+      if (chunk.length > 0) {
+        this.received.push(chunk);
+        this.parser.parse(chunk, (m) => this.messages.push(m));
+      }
       this.wake();
     });
     socket.on('close', () => {
@@ -46,6 +51,10 @@ export class RawConnection {
     const w = this.waiters;
     this.waiters = [];
     for (const f of w) f();
+  }
+
+  bytes(): Buffer {
+    return Buffer.concat(this.received);
   }
 
   write(bytes: Buffer | Uint8Array): void {
