@@ -392,7 +392,9 @@ export class Session implements SessionInfo {
   private closeServer(): void {
     const s = this.server;
     if (!s || s.destroyed) return;
-    if (s.writable && !this.clientTerminated) s.end(TERMINATE);
+    // A Terminate after half a client message would be read as the rest of it; EOF alone ends the session then.
+    const atBoundary = this.clientFramer === undefined || this.clientFramer.atBoundary;
+    if (s.writable && !this.clientTerminated && atBoundary) s.end(TERMINATE);
     else s.end();
     // A server that does not close its side soon is not waited for.
     setTimeout(() => s.destroy(), 5000).unref();
