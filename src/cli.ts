@@ -69,7 +69,8 @@ async function run(cfg: Config, log: Logger): Promise<void> {
       log.info({ admin: `http://${a.host}:${a.port}` }, 'admin endpoint listening');
     }
     const url = clientUrl(at, upstreamUrl, embedded !== undefined);
-    log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: url }, 'proxy ready');
+    // The log never carries the password; the one-off ready line on stderr does, for the embedded sandbox.
+    log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: clientUrl(at, upstreamUrl, false) }, 'proxy ready');
     process.stderr.write(`pg-durable-proxy ready: psql '${url}'\n`);
   } catch (err) {
     await embedded?.stop();

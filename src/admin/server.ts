@@ -18,7 +18,7 @@ export interface AdminOptions {
 
 function registry(stats: ProxyStats): Registry {
   const reg = new Registry();
-  collectDefaultMetrics({ register: reg, prefix: 'pgdp_process_' });
+  collectDefaultMetrics({ register: reg, prefix: 'pgdp_' }); // pgdp_process_*, pgdp_nodejs_*
   // The proxy keeps plain counters on its hot path; prom-client reads them at scrape time.
   const counter = (name: string, help: string, read: () => number): void => {
     new Counter({ name, help, registers: [reg], collect() { this.reset(); this.inc(read()); } });
