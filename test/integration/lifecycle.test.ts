@@ -86,7 +86,7 @@ describe('graceful shutdown (SIGTERM / SIGINT)', () => {
     const userUrl = `postgres://${ROLES.scram.user}:${ROLES.scram.password}@${url.host}/postgres`;
     const busy = new pg.Client({ connectionString: userUrl, application_name: 'pgdp-test-busy' });
     const idle = new pg.Client({ connectionString: userUrl });
-    const idleError = new Promise<{ code?: string }>((resolve) => idle.on('error', resolve));
+    const idleError = new Promise<Error & { code?: string }>((resolve) => idle.on('error', resolve));
     busy.on('error', () => undefined);
     await busy.connect();
     await idle.connect();

@@ -132,14 +132,14 @@ describe('query protocols through the proxy', () => {
   it('relays notices and ParameterStatus changes', async () => {
     const c = new pg.Client({ connectionString: url });
     const notices: string[] = [];
-    c.on('notice', (n) => notices.push(n.message));
+    c.on('notice', (n) => notices.push(n.message ?? ''));
     await c.connect();
     await c.query(`DO $$ BEGIN RAISE NOTICE 'hello %', 42; RAISE WARNING 'careful'; END $$`);
     expect(notices).toEqual(['hello 42', 'careful']);
     await c.end();
 
     const raw = await rawSession();
-    expect((raw.messages.find((m) => (m as Msg).parameterName === 'server_version') as unknown as Msg).parameterValue).toMatch(/^\d+/);
+    expect((raw.messages.find((m) => (m as unknown as Msg).parameterName === 'server_version') as unknown as Msg).parameterValue).toMatch(/^\d+/);
     raw.write(serialize.query(`SET application_name = 'through-the-proxy'`));
     await raw.readyCount(2);
     expect(raw.messages.filter((m) => m.name === 'parameterStatus').pop()).toMatchObject({
@@ -158,7 +158,7 @@ describe('query protocols through the proxy', () => {
     const sql = postgres(url, { max: 2 });
     let viaJsResolve: (payload: string) => void;
     const viaJs = new Promise<string>((resolve) => (viaJsResolve = resolve));
-    await sql.listen('pgdp_test_channel', (payload) => viaJsResolve(payload));
+    await sql.listen('pgdp_test_channel', (payload) => viaJsResolve(payload ?? ''));
     await sql`SELECT pg_notify('pgdp_test_channel', 'payload ü')`;
     const n = await got;
     expect(n).toMatchObject({ channel: 'pgdp_test_channel', payload: 'payload ü' });
