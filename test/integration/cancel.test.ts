@@ -4,18 +4,14 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cancelRequest } from '../../src/proxy/protocol.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { env, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { ROLES } from '../helpers/roles.js';
+import { untilActivity } from '../helpers/wait.js';
 import { RawConnection } from '../helpers/wire.js';
 
 /** Resolves once the backend of `pid` is running `pg_sleep` (seen by a direct admin connection). */
-async function sleeping(admin: pg.Client, pid: number): Promise<void> {
-  for (;;) {
-    const { rows } = await admin.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'`, [pid]);
-    if (rows.length > 0) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const sleeping = (admin: pg.Client, pid: number): Promise<void> =>
+  untilActivity(admin, `pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'`, pid);
 
 describe('query cancellation', () => {
   let p: RunningProxy;
@@ -24,7 +20,7 @@ describe('query cancellation', () => {
   beforeAll(async () => {
     p = await startProxy();
     url = p.url(ROLES.scram.user, ROLES.scram.password);
-    admin = new pg.Client({ connectionString: (await import('../helpers/proxy.js')).env().adminUrl });
+    admin = new pg.Client({ connectionString: env().adminUrl });
     await admin.connect();
   });
   afterAll(async () => {

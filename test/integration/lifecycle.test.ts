@@ -7,6 +7,7 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, runCli, type CliProcess } from '../helpers/proxy.js';
 import { ROLES } from '../helpers/roles.js';
+import { eventually, untilActivity } from '../helpers/wait.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-cli-'));
 chmodSync(tmp, 0o755); // the embedded PostgreSQL runs as another OS user when we are root
@@ -33,11 +34,7 @@ async function running(app: string): Promise<void> {
   const admin = new pg.Client({ connectionString: env().adminUrl });
   await admin.connect();
   try {
-    for (;;) {
-      const { rows } = await admin.query(`SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'`, [app]);
-      if (rows.length > 0) return;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await untilActivity(admin, `application_name = $1 AND state = 'active'`, app);
   } finally {
     await admin.end();
   }
@@ -154,7 +151,7 @@ describe('embedded PostgreSQL', () => {
     await c.end();
 
     // Logs: one line per connection open and close, with who and how much, never the password.
-    while (!logLines(cli).some((l) => l.msg === 'connection closed')) await new Promise((r) => setTimeout(r, 20));
+    await eventually(() => logLines(cli).some((l) => l.msg === 'connection closed'), 'the connection closed log line');
     const lines = logLines(cli);
     const opened = lines.find((l) => l.msg === 'connection opened');
     const closed = lines.find((l) => l.msg === 'connection closed');

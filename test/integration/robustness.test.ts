@@ -6,36 +6,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../src/embedded.js';
 import { env, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { ROLES } from '../helpers/roles.js';
+import { seededRandom, untilActivity } from '../helpers/wait.js';
 import { RawConnection, serialize } from '../helpers/wire.js';
 
 type ErrorMsg = { name: string; code: string; severity: string; message: string };
-
-/** A seeded generator, so a failing garbage case can be replayed. */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function backendOf(c: pg.Client): Promise<number> {
   return (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
 }
 
-/** Waits until the backend `pid` is gone from pg_stat_activity (or in the state `until`). */
-async function backendGone(admin: pg.Client, pid: number): Promise<void> {
-  for (let i = 0; i < 250; i++) {
-    const { rows } = await admin.query('SELECT state FROM pg_stat_activity WHERE pid = $1', [pid]);
-    if (rows.length === 0) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const { rows } = await admin.query('SELECT state, query FROM pg_stat_activity WHERE pid = $1', [pid]);
-  throw new Error(`backend ${pid} still there: ${JSON.stringify(rows)}`);
-}
+/** Waits until the backend `pid` has left pg_stat_activity. */
+const backendGone = (admin: pg.Client, pid: number): Promise<void> => untilActivity(admin, 'pid = $1', pid, false);
 
 describe('bad input from clients', () => {
   let p: RunningProxy;
@@ -61,7 +42,7 @@ describe('bad input from clients', () => {
   });
 
   it('random garbage sent to the listener closes only that connection', async () => {
-    const rnd = random(20261122);
+    const rnd = seededRandom(20261122);
     for (let i = 0; i < 20; i++) {
       const bytes = Buffer.from(Array.from({ length: 1 + Math.floor(rnd() * 300) }, () => Math.floor(rnd() * 256)));
       const raw = await RawConnection.connect(p.port);
@@ -168,11 +149,7 @@ describe('vanishing clients and dying backends', () => {
     await c.connect();
     const pid = await backendOf(c);
     const q = c.query('SELECT pg_sleep(30)').catch(() => undefined);
-    for (;;) {
-      const { rows } = await admin.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active'`, [pid]);
-      if (rows.length > 0) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await untilActivity(admin, `pid = $1 AND state = 'active'`, pid);
     kill(c);
     await backendGone(admin, pid);
     await q;

@@ -1,17 +1,7 @@
 // The framer must give the same output however the stream is cut into chunks.
 import { describe, expect, it } from 'vitest';
 import { COLLECT, Framer, PASS, ProtocolViolation } from '../../src/proxy/framer.js';
-
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '../helpers/wait.js';
 
 function message(type: string, body: Buffer): Buffer {
   const out = Buffer.alloc(5 + body.length);
@@ -57,7 +47,7 @@ describe('Framer', () => {
   });
 
   it('produces the same bytes and the same collected messages under 500 random chunkings', () => {
-    const rnd = random(42);
+    const rnd = seededRandom(42);
     const msgs: Buffer[] = [];
     const expected: Buffer[] = [];
     const texts: string[] = [];
