@@ -57,6 +57,8 @@ export class Session implements SessionInfo {
   private serverFramer: Framer | undefined;
   /** ReadyForQuery messages owed by the server (one per Query, Sync, FunctionCall sent). */
   private pendingReady = 0;
+  /** An Execute was sent with no Sync yet (a Flush-driven client); its statement may be running. */
+  private unsynced = false;
   /** Transaction status from the last ReadyForQuery: I, T or E. */
   private txStatus = 0x49;
   private serverSentFatal = false;
@@ -94,7 +96,12 @@ export class Session implements SessionInfo {
 
   /** True when no statement is running: the server owes no ReadyForQuery. */
   get idle(): boolean {
-    return this.state === 'ready' && this.pendingReady === 0;
+    return this.state === 'ready' && !this.busy;
+  }
+
+  /** The server may be running a statement for this client. */
+  private get busy(): boolean {
+    return this.pendingReady > 0 || this.unsynced;
   }
 
   // ---- startup: SSL/GSS negotiation, the startup packet, the upstream connection
@@ -228,8 +235,12 @@ export class Session implements SessionInfo {
             return this.saslInitialDue ? COLLECT : PASS;
           case MSG.execute:
             stats.queries++;
+            this.unsynced = true;
             return PASS;
           case 0x53: // Sync
+            this.unsynced = false;
+            this.pendingReady++;
+            return PASS;
           case 0x46: // FunctionCall
             this.pendingReady++;
             return PASS;
@@ -284,7 +295,7 @@ export class Session implements SessionInfo {
               if (this.draining) queueMicrotask(() => this.drain());
             } else if (this.pendingReady > 0) {
               this.pendingReady--;
-              if (this.pendingReady === 0 && this.draining) queueMicrotask(() => this.drain());
+              if (!this.busy && this.draining) queueMicrotask(() => this.drain());
             }
             return undefined;
           case MSG.errorResponse: {
@@ -324,7 +335,7 @@ export class Session implements SessionInfo {
   drain(): void {
     this.draining = true;
     if (this.state === 'closed') return;
-    if (this.state === 'startup' || (this.state === 'ready' && this.pendingReady === 0)) {
+    if (this.state === 'startup' || (this.state === 'ready' && !this.busy)) {
       this.closeReason = 'proxy shutting down';
       this.fatal({ severity: 'FATAL', code: '57P01', message: 'terminating connection due to administrator command' });
     }
@@ -334,7 +345,7 @@ export class Session implements SessionInfo {
   terminate(reason: string): void {
     if (this.state === 'closed') return;
     this.closeReason = reason;
-    if (this.pendingReady > 0) this.cancelBackend();
+    if (this.busy) this.cancelBackend();
     this.fatal({ severity: 'FATAL', code: '57P01', message: 'terminating connection due to administrator command' });
   }
 
@@ -362,7 +373,7 @@ export class Session implements SessionInfo {
     if (this.state === 'closed') return;
     if (!this.clientTerminated) this.closeReason = reason;
     // A client that vanished must not leave a running statement or an open transaction behind.
-    if (this.pendingReady > 0) this.cancelBackend();
+    if (this.busy) this.cancelBackend();
     this.closeServer();
     this.client.destroy();
     this.finish();

@@ -155,6 +155,23 @@ describe('vanishing clients and dying backends', () => {
     await q;
   });
 
+  it('a client killed during an Execute sent with Flush and no Sync has its statement cancelled', async () => {
+    const raw = await RawConnection.connect(p.port);
+    raw.startup({ user: ROLES.trust.user, database: 'postgres', application_name: 'pgdp-flush-only' });
+    await raw.readyCount(1);
+    raw.write(
+      Buffer.concat([
+        serialize.parse({ text: 'SELECT pg_sleep(30)', types: [] }),
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.flush(),
+      ]),
+    );
+    await untilActivity(admin, `application_name = $1 AND state = 'active'`, 'pgdp-flush-only');
+    raw.close();
+    await untilActivity(admin, 'application_name = $1', 'pgdp-flush-only', false);
+  });
+
   it('a client killed in the middle of a message closes its backend too', async () => {
     const raw = await RawConnection.connect(p.port);
     raw.startup({ user: ROLES.trust.user, database: 'postgres' });
