@@ -80,10 +80,6 @@ export class ProxyServer {
     });
   }
 
-  get sessionCount(): number {
-    return this.sessions.size;
-  }
-
   /**
    * Stops accepting, lets running statements finish (each session closes as
    * soon as it is idle), and after `timeoutMs` cancels and closes the rest.

@@ -94,11 +94,6 @@ export class Session implements SessionInfo {
     this.startup().catch((err: unknown) => this.onStartupError(err));
   }
 
-  /** True when no statement is running: the server owes no ReadyForQuery. */
-  get idle(): boolean {
-    return this.state === 'ready' && !this.busy;
-  }
-
   /** The server may be running a statement for this client. */
   private get busy(): boolean {
     return this.pendingReady > 0 || this.unsynced;
