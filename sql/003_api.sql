@@ -442,7 +442,7 @@ CREATE FUNCTION df.setvar(name text, value text) RETURNS text LANGUAGE plpgsql S
 BEGIN
   PERFORM df._no_workflow('df.setvar');
   INSERT INTO df.vars (name, value) VALUES (setvar.name, setvar.value)
-  ON CONFLICT (owner, name) DO UPDATE SET value = EXCLUDED.value;
+  ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = EXCLUDED.value;
   RETURN 'OK';
 END
 $$;

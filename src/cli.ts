@@ -7,6 +7,8 @@ import { pino, type Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { ConfigError, describeSettings, loadConfig, splitHostPort, type Config } from './config.js';
 import { EmbeddedPostgres } from './embedded.js';
+import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
+import { connectionTargets } from './engine/targets.js';
 import { ProxyServer } from './proxy/server.js';
 import { upstreamFromUrl } from './proxy/upstream.js';
 
@@ -34,6 +36,12 @@ function clientUrl(listen: { host: string; port: number }, upstreamUrl: string, 
   return out.toString();
 }
 
+/** The database a URL names (PostgreSQL's default: the user's name). */
+function databaseOf(url: string): string {
+  const u = new URL(url);
+  return decodeURIComponent(u.pathname.slice(1)) || decodeURIComponent(u.username) || 'postgres';
+}
+
 async function run(cfg: Config, log: Logger): Promise<void> {
   let secureContext: tls.SecureContext | undefined;
   if (cfg.tlsCert && cfg.tlsKey) {
@@ -50,6 +58,27 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     embedded.onUnexpectedExit = () => process.exit(1);
   }
   const upstreamUrl = cfg.upstream ?? embedded!.url;
+  const executorUrl = cfg.executorUrl ?? upstreamUrl;
+  const stepTarget = cfg.stepUrl
+    ? { url: cfg.stepUrl }
+    : embedded
+      ? { socketDir: embedded.socketDir, port: embedded.port }
+      : { url: executorUrl };
+  const executor = new Executor({
+    ...EXECUTOR_DEFAULTS,
+    ...connectionTargets(executorUrl, stepTarget),
+    log: log.child({ component: 'executor' }),
+    leaseSeconds: cfg.leaseTimeout,
+    ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
+    allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,
+  });
+  try {
+    await executor.discover(databaseOf(executorUrl));
+  } catch (err) {
+    await executor.close();
+    await embedded?.stop();
+    throw new Error(`the executor cannot reach the database: ${(err as Error).message}`, { cause: err });
+  }
 
   const proxy = new ProxyServer({
     upstream: upstreamFromUrl(upstreamUrl),
@@ -59,6 +88,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     maxMessageSize: cfg.maxMessageSize,
     startupTimeoutMs: cfg.startupTimeout * 1000,
     connectTimeoutMs: cfg.connectTimeout * 1000,
+    prepareDatabase: (database) => executor.prepare(database),
   });
   let admin: AdminServer | undefined;
   try {
@@ -73,6 +103,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: clientUrl(at, upstreamUrl, false) }, 'proxy ready');
     process.stderr.write(`pg-durable-proxy ready: psql '${url}'\n`);
   } catch (err) {
+    await executor.close();
     await embedded?.stop();
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
@@ -90,6 +121,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     stopping = true;
     log.info({ signal, timeoutSeconds: cfg.shutdownTimeout }, 'shutting down: letting running statements finish');
     await proxy.shutdown(cfg.shutdownTimeout * 1000);
+    await executor.close();
     await admin?.close();
     await embedded?.stop();
     log.info('stopped');

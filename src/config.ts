@@ -45,6 +45,19 @@ const settings = {
     .max(0x3fffffff)
     .default(0x3fffffff)
     .describe('largest client message accepted, in bytes (PostgreSQL allows 1 GiB - 1)'),
+  stepUrl: postgresUrl
+    .optional()
+    .describe("how steps log in as their workflow's submitter: this URL's host, port and TLS with the submitter as user (default: the embedded server's private socket, else the executor URL without its password)"),
+  allowSuperuserInstances: z
+    .enum(['true', 'false'])
+    .optional()
+    .describe('let superusers start workflows (default: true on the embedded server, false on an upstream)'),
+  databases: z
+    .string()
+    .regex(/^[^,]+(,[^,]+)*$/, 'expected database names separated by commas')
+    .optional()
+    .describe('databases the executor serves, comma-separated (default: every database with a df schema, and each one a client connects to)'),
+  leaseTimeout: z.coerce.number().int().min(2).max(3600).default(30).describe("seconds until another proxy may take over a dead proxy's workflows"),
   embeddedPort: z.coerce.number().int().min(0).max(65535).default(0).describe('port of the embedded PostgreSQL on 127.0.0.1; 0 picks a free one'),
 } as const;
 

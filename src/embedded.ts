@@ -6,7 +6,7 @@
 // statements finish, and it cannot take over a postmaster left behind by a
 // proxy that was killed. This module owns that lifecycle instead.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
@@ -77,6 +77,8 @@ export class EmbeddedPostgres {
     readonly port: number,
     readonly user: string,
     readonly password: string,
+    /** Directory of the server's Unix socket, reachable only by this OS user (and root). */
+    readonly socketDir: string,
     private readonly child: ChildProcess,
     private readonly log: Logger,
   ) {
@@ -106,9 +108,12 @@ export class EmbeddedPostgres {
     const creds = JSON.parse(readFileSync(credPath, 'utf8')) as { user: string; password: string };
 
     const port = opts.port || (await freePort());
+    const socketDir = prepareSocketDir(dataDir, owner);
+    trustLocalSocket(dataDir);
     const settings: Record<string, string> = {
       listen_addresses: '127.0.0.1',
-      unix_socket_directories: '',
+      unix_socket_directories: socketDir,
+      unix_socket_permissions: '0700',
       ...opts.settings,
     };
     const args = ['-D', dataDir, '-p', String(port)];
@@ -118,7 +123,7 @@ export class EmbeddedPostgres {
       env: { ...process.env, LC_MESSAGES: 'C', LC_ALL: 'C' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const pg = new EmbeddedPostgres(dataDir, port, creds.user, creds.password, child, opts.log);
+    const pg = new EmbeddedPostgres(dataDir, port, creds.user, creds.password, socketDir, child, opts.log);
     await pg.waitReady(child);
     child.once('exit', (code, signal) => {
       if (!pg.stopping) {
@@ -179,6 +184,31 @@ export class EmbeddedPostgres {
     this.child.kill('SIGKILL');
     await this.exited;
   }
+}
+
+/**
+ * The executor logs in as each workflow's submitter, without a password, over
+ * the Unix socket: only processes of the server's OS user (and root) can
+ * reach it. Socket paths are limited to ~100 bytes, so a deep data directory
+ * gets its socket in a private temporary directory instead.
+ */
+function prepareSocketDir(dataDir: string, owner: { uid: number; gid: number } | undefined): string {
+  if (dataDir.length + '/.s.PGSQL.65535'.length <= 100) return dataDir;
+  const dir = path.join(os.tmpdir(), `pgdp-${createHash('sha256').update(dataDir).digest('hex').slice(0, 12)}`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (owner) chownSync(dir, owner.uid, owner.gid);
+  return dir;
+}
+
+const HBA_MARKER = '# pg-durable-proxy: executor logins over the private socket';
+
+function trustLocalSocket(dataDir: string): void {
+  const hba = path.join(dataDir, 'pg_hba.conf');
+  const text = readFileSync(hba, 'utf8');
+  if (text.includes(HBA_MARKER)) return;
+  const st = statSync(hba);
+  writeFileSync(hba, `${HBA_MARKER}\nlocal all all trust\n\n${text}`);
+  chownSync(hba, st.uid, st.gid);
 }
 
 async function initdb(bin: Binaries, dataDir: string, owner: { uid: number; gid: number } | undefined, log: Logger): Promise<void> {

@@ -19,6 +19,8 @@ export interface ProxyOptions {
   startupTimeoutMs?: number;
   connectTimeoutMs?: number;
   interceptor?: StatementInterceptor;
+  /** See SessionContext.prepareDatabase. */
+  prepareDatabase?: (database: string) => Promise<void> | undefined;
 }
 
 export class ProxyServer {
@@ -40,6 +42,7 @@ export class ProxyServer {
       startupTimeoutMs: opts.startupTimeoutMs ?? 60_000,
       connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
       interceptor: opts.interceptor,
+      prepareDatabase: opts.prepareDatabase,
       register: (s) => {
         // Proxy pids are unique among live sessions; the secret is what authorises a cancel.
         do this.nextPid = this.nextPid >= 0x7ffffffe ? 1 : this.nextPid + 1;

@@ -36,6 +36,11 @@ export interface SessionContext {
   readonly startupTimeoutMs: number;
   readonly connectTimeoutMs: number;
   readonly interceptor: StatementInterceptor | undefined;
+  /**
+   * Readies a database for df.* use (the df schema) when a session first
+   * reaches it; the client gets its first ReadyForQuery once that is done.
+   */
+  readonly prepareDatabase: ((database: string) => Promise<void> | undefined) | undefined;
   /** Issues the proxy's own cancel key for a session that now has a backend key. */
   register(session: Session): { pid: number; secret: number };
   unregister(session: Session): void;
@@ -44,6 +49,8 @@ export interface SessionContext {
 }
 
 class ClientGone extends Error {}
+
+const EMPTY = Buffer.alloc(0);
 
 type State = 'startup' | 'auth' | 'ready' | 'closed';
 
@@ -288,6 +295,14 @@ export class Session implements SessionInfo {
               this.state = 'ready';
               clearTimeout(this.startupTimer);
               if (this.draining) queueMicrotask(() => this.drain());
+              const preparing = this.ctx.prepareDatabase?.(this.database);
+              if (preparing) {
+                const rfq = Buffer.from(msg);
+                void preparing.then(() => {
+                  if (this.state !== 'closed') this.client.write(rfq);
+                });
+                return EMPTY;
+              }
             } else if (this.pendingReady > 0) {
               this.pendingReady--;
               if (!this.busy && this.draining) queueMicrotask(() => this.drain());

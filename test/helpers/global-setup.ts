@@ -106,8 +106,12 @@ export async function setup(project: TestProject): Promise<void> {
     caCertPath: cert.certPath,
     certPath: cert.certPath,
     keyPath: cert.keyPath,
+    socketDir: embedded?.socketDir ?? process.env.TEST_SOCKET_DIR ?? '/var/run/postgresql',
   };
   project.provide('env', env);
+  // Proxies started as commands serve only the database they front: test files
+  // each run workflows in a database of their own, out of one another's way.
+  process.env.PGDP_DATABASES ??= 'postgres';
 }
 
 export async function teardown(): Promise<void> {

@@ -15,4 +15,9 @@ export interface TestEnv {
   caCertPath: string;
   certPath: string;
   keyPath: string;
+  /**
+   * Unix socket directory where the test server trusts local logins, for the
+   * executor's logins as each workflow's submitter (TEST_SOCKET_DIR with TEST_DATABASE_URL).
+   */
+  socketDir: string;
 }

@@ -183,7 +183,8 @@ describe('query protocols through the proxy', () => {
     const before = p.proxy.stats.dfStatements;
     const c = new pg.Client({ connectionString: url });
     await c.connect();
-    await expect(c.query('SELECT df.start($1)', ['x'])).rejects.toMatchObject({ code: '3F000' });
+    // The server answers: no df schema (3F000), or no usage granted to this role (42501).
+    await expect(c.query('SELECT df.start($1)', ['x'])).rejects.toMatchObject({ code: expect.stringMatching(/^(3F000|42501)$/) });
     await c.end();
     expect(p.proxy.stats.dfStatements).toBe(before + 1);
   });

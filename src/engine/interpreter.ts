@@ -1,0 +1,247 @@
+// Walks one instance's graph. State is node status, not history: a node
+// whose row says it finished in the current loop iteration (its stamp) is not
+// run again, its recorded result is used. So recovery is: reload, walk again.
+import type { Node } from './graph.js';
+import { StepError, substituteResults, substituteVars, truthy } from './substitute.js';
+
+export type Outcome =
+  | { kind: 'ok'; value: string }
+  | { kind: 'failed'; error: string }
+  /** df.break(): unwinds to the innermost loop. */
+  | { kind: 'break'; value: string };
+
+/** Stops a branch (RACE loser, cancelled instance, lost lease). */
+export class Aborted extends Error {}
+
+/** What the interpreter needs from the world: all I/O goes through here. */
+export interface Effects {
+  /** Runs one SQL step and checkpoints it (in one transaction when it can). Returns the result JSON text. */
+  runSql(node: Node & { type: 'SQL' }, sql: string, stamp: string, signal: AbortSignal): Promise<string>;
+  /** Records a node's status; may be batched (composite nodes' results can be recomputed on replay). */
+  record(node: Node, status: 'running' | 'completed' | 'failed', stamp: string, raw: string | null): void;
+  /** Durably records a LOOP's current iteration before the iteration runs. */
+  setIteration(node: Node, stamp: string, iteration: number): Promise<void>;
+  /** Durably records (or reads back) a SLEEP's deadline. */
+  sleepDeadline(node: Node, stamp: string, seconds: number): Promise<Date>;
+}
+
+export interface InstanceContext {
+  instanceId: string;
+  label: string;
+  vars: Record<string, string>;
+  effects: Effects;
+}
+
+interface Scope {
+  stamp: string;
+  results: Map<string, string>;
+  signal: AbortSignal;
+}
+
+export const MAX_LOOP_ITERATIONS = 100_000;
+const LOOP_FLOOR_MS = 1000;
+
+export async function runInstance(root: Node, ctx: InstanceContext, signal: AbortSignal): Promise<Outcome> {
+  const out = await exec(root, { stamp: '', results: new Map(), signal }, ctx, true);
+  if (out.kind === 'break') {
+    return { kind: 'failed', error: 'df.break() was called outside of a loop. df.break() may only be used inside df.loop().' };
+  }
+  return out;
+}
+
+function done(node: Node, stamp: string): Outcome | undefined {
+  const s = node.state;
+  if (s.stamp !== stamp || s.raw === null) return undefined;
+  if (s.status === 'completed') return node.type === 'BREAK' ? { kind: 'break', value: s.raw } : { kind: 'ok', value: s.raw };
+  if (s.status === 'failed') return { kind: 'failed', error: parseError(s.raw) };
+  return undefined;
+}
+
+function parseError(raw: string): string {
+  try {
+    const v: unknown = JSON.parse(raw);
+    return typeof v === 'string' ? v : raw;
+  } catch {
+    return raw;
+  }
+}
+
+async function exec(node: Node, scope: Scope, ctx: InstanceContext, isRoot = false): Promise<Outcome> {
+  if (scope.signal.aborted) throw new Aborted();
+  let out = done(node, scope.stamp);
+  if (out === undefined) {
+    if (node.type !== 'SQL') ctx.effects.record(node, 'running', scope.stamp, null);
+    out = await step(node, scope, ctx, isRoot);
+    // A break passing through a composite node is not its result: on replay
+    // the node runs again and meets the recorded BREAK.
+    if (out.kind === 'break' && node.type !== 'BREAK') return out;
+    remember(node, scope.stamp, out);
+    if (node.type !== 'SQL' || out.kind === 'failed') {
+      const raw = out.kind === 'failed' ? JSON.stringify(out.error) : out.value;
+      ctx.effects.record(node, out.kind === 'failed' ? 'failed' : 'completed', scope.stamp, raw);
+    }
+  }
+  // |=> on SLEEP, WAIT_SCHEDULE and BREAK stores nothing.
+  if (out.kind === 'ok' && node.name !== undefined && node.type !== 'SLEEP' && node.type !== 'WAIT_SCHEDULE') {
+    scope.results.set(node.name, out.value);
+  }
+  return out;
+}
+
+/** Keeps the in-memory state in step with what was recorded, for a later replay within this run. */
+function remember(node: Node, stamp: string, out: Outcome): void {
+  node.state.stamp = stamp;
+  node.state.status = out.kind === 'failed' ? 'failed' : 'completed';
+  node.state.raw = out.kind === 'failed' ? JSON.stringify(out.error) : out.value;
+}
+
+async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: boolean): Promise<Outcome> {
+  switch (node.type) {
+    case 'SQL': {
+      let sql: string;
+      try {
+        sql = substituteResults(substituteVars(node.query, ctx.vars, { instanceId: ctx.instanceId, label: ctx.label }), scope.results, 'sql');
+      } catch (err) {
+        if (err instanceof StepError) return { kind: 'failed', error: err.message };
+        throw err;
+      }
+      try {
+        return { kind: 'ok', value: await ctx.effects.runSql(node, sql, scope.stamp, scope.signal) };
+      } catch (err) {
+        if (err instanceof Aborted || scope.signal.aborted) throw new Aborted();
+        if (err instanceof StepError) return { kind: 'failed', error: err.message };
+        throw err;
+      }
+    }
+    case 'THEN': {
+      const left = await exec(node.left, scope, ctx);
+      if (left.kind !== 'ok') return left;
+      return exec(node.right, scope, ctx);
+    }
+    case 'IF': {
+      const cond = await exec(node.condition, scope, ctx);
+      if (cond.kind !== 'ok') return cond;
+      return exec(truthy(cond.value) ? node.then : node.else, scope, ctx);
+    }
+    case 'IF_ROWS': {
+      const r = scope.results.get(node.resultName);
+      if (r === undefined) return { kind: 'failed', error: `df.if_rows: result '${node.resultName}' not found` };
+      let count: unknown;
+      try {
+        count = (JSON.parse(r) as { row_count?: unknown }).row_count;
+      } catch {
+        count = undefined;
+      }
+      if (typeof count !== 'number') {
+        return { kind: 'failed', error: `df.if_rows: result '${node.resultName}' is not a SQL result (missing row_count)` };
+      }
+      return exec(count > 0 ? node.then : node.else, scope, ctx);
+    }
+    case 'JOIN': {
+      const scopes = node.branches.map((): Scope => ({ ...scope, results: new Map(scope.results) }));
+      const outs = await Promise.all(node.branches.map((b, i) => exec(b, scopes[i]!, ctx)));
+      for (const s of scopes) for (const [k, v] of s.results) scope.results.set(k, v);
+      const failed = outs.findIndex((o) => o.kind === 'failed');
+      if (failed >= 0) return { kind: 'failed', error: `JOIN branch ${failed + 1} failed: ${(outs[failed] as { error: string }).error}` };
+      const brk = outs.find((o) => o.kind === 'break');
+      if (brk) return brk;
+      return { kind: 'ok', value: '[' + outs.map((o) => (o as { value: string }).value).join(',') + ']' };
+    }
+    case 'RACE':
+      return race(node, scope, ctx);
+    case 'LOOP':
+      return loop(node, scope, ctx, isRoot);
+    case 'BREAK':
+      return { kind: 'break', value: node.value }; // outside a loop, runInstance turns it into the failure
+    case 'SLEEP': {
+      const deadline = await ctx.effects.sleepDeadline(node, scope.stamp, node.seconds);
+      await delay(deadline.getTime() - Date.now(), scope.signal);
+      return { kind: 'ok', value: `{"slept":true,"seconds":${node.seconds}}` };
+    }
+    case 'WAIT_SCHEDULE':
+    case 'HTTP':
+    case 'HTTP_MULTIPART':
+    case 'SIGNAL':
+      return { kind: 'failed', error: `${node.type} steps are not supported by this version of pg-durable-proxy` };
+  }
+}
+
+/** Both branches run; the first to finish wins, success or failure; the loser is stopped. */
+async function race(node: Node & { type: 'RACE' }, scope: Scope, ctx: InstanceContext): Promise<Outcome> {
+  const controllers = [new AbortController(), new AbortController()];
+  const stopAll = (): void => controllers.forEach((c) => c.abort());
+  scope.signal.addEventListener('abort', stopAll, { once: true });
+  const scopes = controllers.map((c): Scope => ({ ...scope, results: new Map(scope.results), signal: c.signal }));
+  const branches = [node.left, node.right].map((b, i) =>
+    exec(b, scopes[i]!, ctx).then(
+      (out) => ({ i, out }),
+      (err: unknown) => {
+        if (err instanceof Aborted) return new Promise<never>(() => {}); // a stopped loser never wins
+        throw err;
+      },
+    ),
+  );
+  try {
+    const { i, out } = await Promise.race(branches);
+    controllers[1 - i]!.abort();
+    for (const [k, v] of scopes[i]!.results) scope.results.set(k, v);
+    if (out.kind === 'failed') return { kind: 'failed', error: `RACE ${i === 0 ? 'left' : 'right'} branch failed: ${out.error}` };
+    return out;
+  } finally {
+    scope.signal.removeEventListener('abort', stopAll);
+    if (scope.signal.aborted) stopAll();
+  }
+}
+
+async function loop(node: Node & { type: 'LOOP' }, scope: Scope, ctx: InstanceContext, isRoot: boolean): Promise<Outcome> {
+  let iteration = node.state.stamp === scope.stamp && node.state.iteration !== null ? node.state.iteration : 0;
+  if (iteration === 0) {
+    iteration = 1;
+    await ctx.effects.setIteration(node, scope.stamp, iteration);
+  }
+  // A root loop starts each iteration with no named results; any other loop
+  // carries its results forward and hands them back to its parent.
+  let results = isRoot ? new Map<string, string>() : new Map(scope.results);
+  for (;;) {
+    if (iteration > MAX_LOOP_ITERATIONS) {
+      return { kind: 'failed', error: `Loop exceeded maximum iteration count of ${MAX_LOOP_ITERATIONS}` };
+    }
+    const started = Date.now();
+    const inner: Scope = { stamp: `${scope.stamp}/${iteration}`, results, signal: scope.signal };
+    const body = await exec(node.body, inner, ctx);
+    let exit: Outcome | undefined;
+    if (body.kind === 'break') exit = { kind: 'ok', value: body.value };
+    else if (body.kind === 'failed') exit = body;
+    else if (node.condition) {
+      const cond = await exec(node.condition, inner, ctx);
+      if (cond.kind === 'break') exit = { kind: 'ok', value: cond.value };
+      else if (cond.kind === 'failed') exit = cond;
+      else if (!truthy(cond.value)) exit = { kind: 'ok', value: body.value };
+    }
+    if (exit) {
+      if (!isRoot) for (const [k, v] of results) scope.results.set(k, v);
+      return exit;
+    }
+    // Each iteration takes at least a second, as in pg_durable: a runaway loop cannot spin.
+    await delay(started + LOOP_FLOOR_MS - Date.now(), scope.signal);
+    iteration++;
+    await ctx.effects.setIteration(node, scope.stamp, iteration);
+    if (isRoot) results = new Map();
+  }
+}
+
+export function delay(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.reject(new Aborted());
+  if (ms <= 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, Math.min(ms, 2 ** 31 - 1));
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(new Aborted());
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}

@@ -1,0 +1,253 @@
+// Workflows through the proxy, run by its executor on the test PostgreSQL:
+// the node types, results, statuses and failures a pg_durable user relies on.
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRoles, runWorkflow, startDurable, type Durable } from '../helpers/durable.js';
+import { eventually } from '../helpers/wait.js';
+
+let d: Durable;
+let admin: pg.Client;
+
+beforeAll(async () => {
+  d = await startDurable('pgdp_durable');
+  admin = await d.connect();
+  await admin.query('CREATE TABLE log (step text, at timestamptz DEFAULT clock_timestamp())');
+});
+afterAll(async () => {
+  await d?.close();
+});
+
+describe('sequences and results', () => {
+  it('runs a chain in order and returns the last step result, with named results substituted', async () => {
+    const r = await runWorkflow(
+      admin,
+      `df.start('SELECT 41 AS n, ''a''''b'' AS s' |=> 'x' ~> 'SELECT $x + 1 AS n, $x.s AS s, $x.n AS again' |=> 'y' ~> 'SELECT $y * 2 AS n', 'chain')`,
+    );
+    expect(r.status).toBe('completed');
+    expect(r.result).toEqual({ rows: [{ n: 84 }], row_count: 1 });
+    const nodes = await admin.query(`SELECT node_type, status, result_name, result FROM df.nodes WHERE instance_id = $1`, [r.id]);
+    expect(nodes.rows.map((n) => n.status)).toEqual(Array(nodes.rows.length).fill('completed'));
+    // |=> binds to the whole chain on its left (a THEN, whose result is its right step's).
+    expect(nodes.rows.find((n) => n.result_name === 'y')).toMatchObject({ node_type: 'THEN', result: { rows: [{ n: 42, s: "a'b", again: 41 }], row_count: 1 } });
+  });
+
+  it('types every column: numbers, numeric as text, timestamps in UTC, arrays, bytea, json, intervals', async () => {
+    const r = await runWorkflow(
+      admin,
+      `df.start($$SELECT true AS b, 7::int8 AS i, 1.5::float8 AS f, 'NaN'::float8 AS nan, 12.50::numeric AS num,
+        '2024-06-15 14:30:00+02'::timestamptz AS tz, '2024-06-15 14:30:00.5'::timestamp AS ts, '2024-06-15'::date AS d,
+        ARRAY[1, NULL, 3] AS arr, ARRAY['a b', 'c'] AS texts, '\\x0102'::bytea AS bin, '{"k": [1]}'::jsonb AS j,
+        '1 day 2 hours'::interval AS iv, NULL::text AS nothing$$)`,
+    );
+    expect(r.status).toBe('completed');
+    expect(r.result).toEqual({
+      row_count: 1,
+      rows: [{
+        b: true, i: 7, f: 1.5, nan: null, num: '12.50', tz: '2024-06-15T12:30:00+00:00', ts: '2024-06-15T14:30:00.5', d: '2024-06-15',
+        arr: [1, null, 3], texts: ['a b', 'c'], bin: 'AQI=', j: { k: [1] }, iv: '1 day 02:00:00', nothing: null,
+      }],
+    });
+  });
+
+  it('keeps the column order of a result for $name (first column), though df.nodes stores jsonb', async () => {
+    const r = await runWorkflow(admin, `df.start('SELECT 2 AS zz, 1 AS aa' |=> 'r' ~> 'SELECT $r AS first')`);
+    expect(r.result).toEqual({ rows: [{ first: 2 }], row_count: 1 });
+  });
+
+  it('substitutes variables snapshotted at start, and the instance id and label', async () => {
+    await admin.query(`SELECT df.setvar('tbl', 'log')`);
+    const { rows } = await admin.query<{ id: string }>(`SELECT df.start('INSERT INTO {tbl} (step) VALUES (''{sys_instance_id}/{sys_label}'') RETURNING step', 'lbl') AS id`);
+    await admin.query(`SELECT df.setvar('tbl', 'nowhere')`); // too late: the instance has its snapshot
+    await admin.query('SELECT df.await_instance($1)', [rows[0]!.id]);
+    const res = await admin.query(`SELECT df.result($1) AS r`, [rows[0]!.id]);
+    expect(JSON.parse(res.rows[0].r)).toEqual({ rows: [{ step: `${rows[0]!.id}/lbl` }], row_count: 1 });
+    await admin.query('SELECT df.clearvars()');
+  });
+});
+
+describe('failures', () => {
+  it('fails the instance with the error text; nothing after the failed step runs', async () => {
+    const r = await runWorkflow(admin, `df.start('SELECT 1' ~> 'SELECT * FROM no_such_table' ~> 'INSERT INTO log VALUES (''after failure'')')`);
+    expect(r.status).toBe('failed');
+    expect(r.result).toBeNull();
+    expect(r.output).toBe('relation "no_such_table" does not exist (SQLSTATE 42P01)');
+    const failed = await admin.query(`SELECT node_type, result FROM df.nodes WHERE instance_id = $1 AND status = 'failed' ORDER BY node_type`, [r.id]);
+    expect(failed.rows.map((n) => n.node_type)).toEqual(['SQL', 'THEN', 'THEN']);
+    for (const n of failed.rows) expect(n.result).toBe('relation "no_such_table" does not exist (SQLSTATE 42P01)');
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'after failure'`)).rows[0].n).toBe(0);
+  });
+
+  it('refuses a batch of statements in one step, as pg_durable does', async () => {
+    const r = await runWorkflow(admin, `df.start('INSERT INTO log VALUES (''batch''); SELECT 1')`);
+    expect(r.status).toBe('failed');
+    expect(r.output).toMatch(/cannot insert multiple commands into a prepared statement/);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'batch'`)).rows[0].n).toBe(0);
+  });
+
+  it('fails a step whose $reference finds no rows, naming it', async () => {
+    const r = await runWorkflow(admin, `df.start('SELECT 1 WHERE false' |=> 'e' ~> 'SELECT $e')`);
+    expect(r.status).toBe('failed');
+    expect(r.output).toBe('$e has no rows — query returned zero results');
+  });
+
+  it('fails df.break() outside a loop', async () => {
+    const r = await runWorkflow(admin, `df.start('SELECT 1' ~> df.break())`);
+    expect(r.output).toBe('df.break() was called outside of a loop. df.break() may only be used inside df.loop().');
+  });
+});
+
+describe('branches', () => {
+  it('JOIN waits for all branches and returns their results in order; a failed branch names its number', async () => {
+    const ok = await runWorkflow(admin, `df.start(df.join3('SELECT 1 AS a', 'SELECT 2 AS b', 'SELECT 3 AS c'))`);
+    expect(ok.result).toEqual([
+      { rows: [{ a: 1 }], row_count: 1 },
+      { rows: [{ b: 2 }], row_count: 1 },
+      { rows: [{ c: 3 }], row_count: 1 },
+    ]);
+    const bad = await runWorkflow(admin, `df.start('SELECT 1' & 'SELECT 1/0' & 'SELECT 3')`);
+    expect(bad.status).toBe('failed');
+    expect(bad.output).toBe('JOIN branch 1 failed: JOIN branch 2 failed: division by zero (SQLSTATE 22012)');
+  });
+
+  it('JOIN branches run concurrently', async () => {
+    const started = Date.now();
+    const r = await runWorkflow(admin, `df.start('SELECT pg_sleep(1)' & 'SELECT pg_sleep(1)' & 'SELECT pg_sleep(1)')`);
+    expect(r.status).toBe('completed');
+    expect(Date.now() - started).toBeLessThan(2900); // three 1 s sleeps, not one after another
+  });
+
+  it('RACE returns the first branch to finish and stops the loser: its statement is cancelled, its later steps never run', async () => {
+    const r = await runWorkflow(admin, `df.start(('SELECT pg_sleep(30)' ~> 'INSERT INTO log VALUES (''loser'')') | 'SELECT ''fast'' AS w')`);
+    expect(r.status).toBe('completed');
+    expect(r.result).toEqual({ rows: [{ w: 'fast' }], row_count: 1 });
+    await eventually(
+      async () => (await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'`)).rows[0].n === 0,
+      'the losing statement to be cancelled',
+    );
+    await new Promise((res) => setTimeout(res, 300));
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'loser'`)).rows[0].n).toBe(0);
+  });
+
+  it('a fast failure wins a RACE', async () => {
+    const r = await runWorkflow(admin, `df.start('SELECT pg_sleep(5)' | 'SELECT 1/0')`);
+    expect(r.output).toBe('RACE right branch failed: division by zero (SQLSTATE 22012)');
+  });
+
+  it('IF takes the branch its condition selects; ?> !> and if_rows', async () => {
+    const yes = await runWorkflow(admin, `df.start('SELECT true' ?> 'SELECT ''then'' AS b' !> 'SELECT ''else'' AS b')`);
+    expect(yes.result).toEqual({ rows: [{ b: 'then' }], row_count: 1 });
+    const no = await runWorkflow(admin, `df.start(df.if('SELECT 0', 'SELECT ''then'' AS b', 'SELECT ''else'' AS b'))`);
+    expect(no.result).toEqual({ rows: [{ b: 'else' }], row_count: 1 });
+    const rows = await runWorkflow(admin, `df.start('SELECT 1 WHERE false' |=> 'q' ~> df.if_rows('q', 'SELECT ''some'' AS b', 'SELECT ''none'' AS b'))`);
+    expect(rows.result).toEqual({ rows: [{ b: 'none' }], row_count: 1 });
+    const missing = await runWorkflow(admin, `df.start(df.if_rows('nope', 'SELECT 1', 'SELECT 2'))`);
+    expect(missing.output).toBe("df.if_rows: result 'nope' not found");
+  });
+});
+
+describe('loops and timers', () => {
+  it('a while loop runs its body until the condition is false and returns the last body result', async () => {
+    await admin.query('CREATE TABLE counter (n int)');
+    await admin.query('INSERT INTO counter VALUES (0)');
+    const r = await runWorkflow(admin, `df.start(df.loop('UPDATE counter SET n = n + 1 RETURNING n', 'SELECT n < 3 FROM counter'))`);
+    expect(r.status).toBe('completed');
+    expect(r.result).toEqual({ rows: [{ n: 3 }], row_count: 1 });
+    const loop = await admin.query(`SELECT iteration, status FROM df.nodes WHERE instance_id = $1 AND node_type = 'LOOP'`, [r.id]);
+    expect(loop.rows[0]).toEqual({ iteration: 3, status: 'completed' });
+  });
+
+  it('df.break leaves the innermost loop with its value; a prefix step runs once', async () => {
+    await admin.query('CREATE TABLE ticks (n int)');
+    const r = await runWorkflow(
+      admin,
+      `df.start('INSERT INTO log VALUES (''prefix'')' ~> @> ('INSERT INTO ticks VALUES (1) RETURNING (SELECT count(*) + 1 FROM ticks) AS c' |=> 'c' ~> ('SELECT $c >= 2' ?> df.break('{"done": true}') !> 'SELECT 0')))`,
+    );
+    expect(r.status).toBe('completed');
+    expect(r.result).toEqual({ done: true });
+    expect((await admin.query('SELECT count(*)::int AS n FROM ticks')).rows[0].n).toBe(2);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'prefix'`)).rows[0].n).toBe(1);
+  });
+
+  it('df.sleep waits durably and records its deadline', async () => {
+    const started = Date.now();
+    const r = await runWorkflow(admin, `df.start(df.sleep(1) ~> 'SELECT 1 AS after')`);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    expect(r.result).toEqual({ rows: [{ after: 1 }], row_count: 1 });
+    const s = await admin.query(`SELECT result, wake_at IS NOT NULL AS has_deadline FROM df.nodes WHERE instance_id = $1 AND node_type = 'SLEEP'`, [r.id]);
+    expect(s.rows[0]).toEqual({ result: { slept: true, seconds: 1 }, has_deadline: true });
+  });
+});
+
+describe('lifecycle', () => {
+  it('df.cancel stops the running step, and nothing after it runs', async () => {
+    const { rows } = await admin.query<{ id: string }>(`SELECT df.start('SELECT pg_sleep(30)' ~> 'INSERT INTO log VALUES (''after cancel'')') AS id`);
+    const id = rows[0]!.id;
+    await eventually(async () => (await admin.query(`SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'`)).rows.length > 0, 'the step to run');
+    expect((await admin.query('SELECT df.cancel($1) AS m', [id])).rows[0].m).toBe(`Instance ${id} cancelled: Cancelled by user`);
+    await eventually(async () => (await admin.query(`SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'`)).rows.length === 0, 'the step to be cancelled');
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await admin.query('SELECT status, output FROM df.instances WHERE id = $1', [id])).rows[0]).toEqual({ status: 'cancelled', output: 'Cancelled by user' });
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'after cancel'`)).rows[0].n).toBe(0);
+  });
+
+  it('a start is part of the caller transaction: rolled back, it never runs; it runs only after COMMIT', async () => {
+    await admin.query('BEGIN');
+    await admin.query(`SELECT df.start('INSERT INTO log VALUES (''rolled back'')')`);
+    await admin.query('ROLLBACK');
+    await admin.query('BEGIN');
+    const { rows } = await admin.query<{ id: string }>(`SELECT df.start('INSERT INTO log VALUES (''committed'')') AS id`);
+    await new Promise((r) => setTimeout(r, 300));
+    const other = await d.direct();
+    expect((await other.query('SELECT count(*)::int AS n FROM df.instances WHERE id = $1', [rows[0]!.id])).rows[0].n).toBe(0);
+    await admin.query('COMMIT');
+    await admin.query('SELECT df.await_instance($1)', [rows[0]!.id]);
+    const log = await admin.query(`SELECT step FROM log WHERE step IN ('rolled back', 'committed')`);
+    expect(log.rows).toEqual([{ step: 'committed' }]);
+  });
+
+  it('statements that cannot run in a transaction block run on their own (at-least-once)', async () => {
+    // CREATE INDEX CONCURRENTLY waits for every open transaction, df.await_instance's included: poll instead.
+    const { rows } = await admin.query<{ id: string }>(`SELECT df.start('CREATE INDEX CONCURRENTLY log_step ON log (step)' ~> 'VACUUM log' ~> 'SELECT 1 AS ok') AS id`);
+    await eventually(async () => (await admin.query('SELECT df.status($1) AS s', [rows[0]!.id])).rows[0].s === 'completed', 'the workflow to complete', 30_000);
+    expect((await admin.query(`SELECT to_regclass('log_step') IS NOT NULL AS has`)).rows[0].has).toBe(true);
+  });
+});
+
+describe('identity and isolation', () => {
+  beforeAll(async () => {
+    await createRoles(['pgdp_alice', 'pgdp_bob']);
+    for (const r of ['pgdp_alice', 'pgdp_bob']) {
+      await admin.query(`SELECT df.grant_usage('${r}')`);
+      await admin.query(`GRANT ALL ON log TO ${r}`);
+    }
+  });
+
+  it('a step runs as its submitter and cannot climb back to the executor role', async () => {
+    const alice = await d.connect('pgdp_alice', 'pgdp_alice-pw');
+    const who = await runWorkflow(alice, `df.start('SELECT current_user AS cu, session_user AS su')`);
+    expect(who.result).toEqual({ rows: [{ cu: 'pgdp_alice', su: 'pgdp_alice' }], row_count: 1 });
+    const reset = await runWorkflow(alice, `df.start('SELECT set_config(''role'', ''postgres'', false)')`);
+    expect(reset.status).toBe('failed');
+    expect(reset.output).toMatch(/permission denied to set role "postgres"/);
+    const sessionAuth = await runWorkflow(alice, `df.start('SET SESSION AUTHORIZATION postgres')`);
+    expect(sessionAuth.status).toBe('failed');
+  });
+
+  it('a role sees only its own instances, nodes and variables', async () => {
+    const alice = await d.connect('pgdp_alice', 'pgdp_alice-pw');
+    const bob = await d.connect('pgdp_bob', 'pgdp_bob-pw');
+    const { rows } = await alice.query<{ id: string }>(`SELECT df.start('SELECT 1', 'alice job') AS id`);
+    await alice.query(`SELECT df.setvar('secret', 'a')`);
+    expect((await bob.query('SELECT count(*)::int AS n FROM df.instances WHERE id = $1', [rows[0]!.id])).rows[0].n).toBe(0);
+    expect((await bob.query('SELECT count(*)::int AS n FROM df.nodes WHERE instance_id = $1', [rows[0]!.id])).rows[0].n).toBe(0);
+    expect((await bob.query(`SELECT df.getvar('secret') AS v`)).rows[0].v).toBeNull();
+    await expect(bob.query('SELECT df.cancel($1)', [rows[0]!.id])).rejects.toThrow(`Instance not found or access denied: ${rows[0]!.id}`);
+    expect((await alice.query('SELECT df.await_instance($1)', [rows[0]!.id])).rows[0].await_instance).toBe('completed');
+  });
+
+  it('a role without df usage cannot start workflows', async () => {
+    await createRoles(['pgdp_nobody']);
+    const nobody = await d.connect('pgdp_nobody', 'pgdp_nobody-pw');
+    await expect(nobody.query(`SELECT df.start('SELECT 1')`)).rejects.toThrow(/permission denied for schema df/);
+  });
+});
