@@ -178,6 +178,13 @@ export class EmbeddedPostgres {
     this.log.info('embedded PostgreSQL stopped');
   }
 
+  /** `pg_ctl stop -m immediate`: backends quit at once, crash recovery on the next start. For fault tests. */
+  async stopImmediate(): Promise<void> {
+    this.stopping = true;
+    this.child.kill('SIGQUIT');
+    await this.exited;
+  }
+
   /** Like a crash: no checkpoint, recovery on the next start. For fault tests. */
   async kill(): Promise<void> {
     this.stopping = true;

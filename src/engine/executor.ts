@@ -75,6 +75,7 @@ export class Executor {
   async discover(fromDatabase: string): Promise<void> {
     const scan = async (): Promise<void> => {
       const c = new pg.Client(this.opts.control(fromDatabase));
+      c.on('error', () => {});
       let names: string[];
       try {
         await c.connect();
@@ -86,6 +87,7 @@ export class Executor {
       for (const db of names) {
         if (this.workers.has(db) || this.closed) continue;
         const probe = new pg.Client(this.opts.control(db));
+        probe.on('error', () => {});
         try {
           await probe.connect();
           const { rows } = await probe.query<{ has: boolean }>(`SELECT to_regclass('df.migrations') IS NOT NULL AS has`);
@@ -151,6 +153,8 @@ class DatabaseWorker {
     await loadParser();
     const pool = new pg.Pool({ ...opts.control(database), max: 4, idleTimeoutMillis: 30_000 });
     pool.on('error', (err) => opts.log.warn({ database, err: err.message }, 'executor connection lost'));
+    // A connection dying while checked out errors on the client, which must not crash the process: the query fails instead.
+    pool.on('connect', (client) => client.on('error', () => {}));
     try {
       const client = await pool.connect();
       try {
@@ -354,6 +358,7 @@ class DatabaseWorker {
     if (!p) {
       p = new pg.Pool({ ...this.opts.step(database, role), max: this.opts.stepPoolSize, idleTimeoutMillis: 10_000 });
       p.on('error', (err) => this.log.warn({ role, err: err.message }, 'step connection lost'));
+      p.on('connect', (client) => client.on('error', () => {}));
       this.stepPools.set(key, p);
     }
     return p;

@@ -1,0 +1,147 @@
+// Durability with real processes: proxies killed with SIGKILL, PostgreSQL
+// stopped with `-m immediate`. Each proxy is the built command, as users run it.
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { pino } from 'pino';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { EmbeddedPostgres, freePort } from '../../src/embedded.js';
+import { dbUrl, freshDatabase } from '../helpers/durable.js';
+import { env, runCli, type CliProcess } from '../helpers/proxy.js';
+import { eventually } from '../helpers/wait.js';
+
+const running: CliProcess[] = [];
+const clients: pg.Client[] = [];
+
+afterEach(async () => {
+  for (const c of clients.splice(0)) await c.end().catch(() => {});
+  for (const p of running.splice(0)) {
+    p.child.kill('SIGKILL');
+    await p.exited;
+  }
+});
+
+/** A proxy command serving `database` of the server at `serverUrl` (steps log in over `socketDir`). */
+async function proxy(serverUrl: string, database: string, socketDir: string): Promise<CliProcess> {
+  const u = new URL(serverUrl);
+  const stepUrl = `postgres://steps@127.0.0.1:${u.port}/${database}?host=${encodeURIComponent(socketDir)}`;
+  const p = runCli([
+    '--upstream', dbUrl(serverUrl, database), '--listen', '127.0.0.1:0', '--admin', 'off', '--log-level', 'warn',
+    '--step-url', stepUrl, '--databases', database, '--lease-timeout', '2', '--allow-superuser-instances', 'true',
+  ]);
+  running.push(p);
+  await p.ready;
+  return p;
+}
+
+async function connect(url: string): Promise<pg.Client> {
+  const c = new pg.Client(url);
+  c.on('error', () => {}); // the server may be restarted under it
+  await c.connect();
+  clients.push(c);
+  return c;
+}
+
+async function kill(p: CliProcess): Promise<void> {
+  p.child.kill('SIGKILL');
+  await p.exited;
+}
+
+const chain = (n: number, step: (i: number) => string): string =>
+  Array.from({ length: n }, (_, i) => `'${step(i + 1).replaceAll("'", "''")}'`).join(' ~> ');
+
+async function untilStatus(c: pg.Client, id: string, status: string, ms = 60_000): Promise<void> {
+  await eventually(async () => (await c.query('SELECT status FROM df.instances WHERE id = $1', [id])).rows[0]?.status === status, `instance ${id} to be ${status}`, ms);
+}
+
+describe('a proxy killed mid-workflow', () => {
+  it('kill -9 in the middle of a 20-step chain: after restart the instance completes and each step ran exactly once', async () => {
+    const e = env();
+    await freshDatabase('pgdp_crash_chain');
+    const a = await proxy(e.adminUrl, 'pgdp_crash_chain', e.socketDir);
+    const db = await connect(dbUrl(e.adminUrl, 'pgdp_crash_chain'));
+    await db.query('CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)');
+    const { rows } = await db.query<{ id: string }>(
+      `SELECT df.start(${chain(20, () => 'UPDATE counter SET n = n + 1 RETURNING pg_sleep(0.1)')}) AS id`,
+    );
+    const id = rows[0]!.id;
+    await eventually(async () => (await db.query('SELECT n FROM counter')).rows[0].n >= 5, 'five steps to run');
+    await kill(a);
+    const at = (await db.query('SELECT n FROM counter')).rows[0].n as number;
+    expect(at).toBeLessThan(20);
+    await proxy(e.adminUrl, 'pgdp_crash_chain', e.socketDir);
+    await untilStatus(db, id, 'completed');
+    expect((await db.query('SELECT n FROM counter')).rows[0].n).toBe(20);
+  });
+
+  it('kill -9 during a long step: the step reruns cleanly, its first attempt leaves nothing', async () => {
+    const e = env();
+    await freshDatabase('pgdp_crash_long');
+    const a = await proxy(e.adminUrl, 'pgdp_crash_long', e.socketDir);
+    const db = await connect(dbUrl(e.adminUrl, 'pgdp_crash_long'));
+    await db.query('CREATE TABLE marks (at timestamptz DEFAULT clock_timestamp())');
+    const { rows } = await db.query<{ id: string }>(`SELECT df.start('INSERT INTO marks SELECT FROM pg_sleep(2)' ~> 'SELECT count(*) AS n FROM marks') AS id`);
+    await eventually(
+      async () => (await db.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE 'INSERT INTO marks%' AND state = 'active'`)).rows.length > 0,
+      'the long step to run',
+    );
+    await kill(a);
+    await proxy(e.adminUrl, 'pgdp_crash_long', e.socketDir);
+    await untilStatus(db, rows[0]!.id, 'completed');
+    expect((await db.query('SELECT count(*)::int AS n FROM marks')).rows[0].n).toBe(1);
+    const result = await db.query('SELECT df.result($1) AS r', [rows[0]!.id]);
+    expect(JSON.parse(result.rows[0].r)).toEqual({ rows: [{ n: 1 }], row_count: 1 });
+  });
+});
+
+describe('several proxies on one database', () => {
+  it('no step runs twice; when one proxy is killed the other finishes its work once the lease expires', async () => {
+    const e = env();
+    await freshDatabase('pgdp_crash_pair');
+    const a = await proxy(e.adminUrl, 'pgdp_crash_pair', e.socketDir);
+    await proxy(e.adminUrl, 'pgdp_crash_pair', e.socketDir);
+    const db = await connect(dbUrl(e.adminUrl, 'pgdp_crash_pair'));
+    await db.query('CREATE TABLE done (instance text, step int, at timestamptz DEFAULT clock_timestamp())');
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const { rows } = await db.query<{ id: string }>(
+        `SELECT df.start(${chain(5, (k) => `INSERT INTO done (instance, step) SELECT '{sys_instance_id}', ${k} FROM pg_sleep(0.05)`)}) AS id`,
+      );
+      ids.push(rows[0]!.id);
+    }
+    await eventually(async () => (await db.query('SELECT count(*)::int AS n FROM done')).rows[0].n >= 30, 'some steps to run');
+    await kill(a);
+    for (const id of ids) await untilStatus(db, id, 'completed');
+    const { rows } = await db.query('SELECT count(*)::int AS n, count(DISTINCT (instance, step))::int AS distinct_steps FROM done');
+    expect(rows[0]).toEqual({ n: 100, distinct_steps: 100 });
+  });
+});
+
+describe('PostgreSQL restarted mid-workflow', () => {
+  let server: EmbeddedPostgres | undefined;
+  let tmp: string | undefined;
+  afterAll(async () => {
+    await server?.stop();
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('pg_ctl stop -m immediate, then start: the workflow completes, each step once', async () => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-crash-'));
+    chmodSync(tmp, 0o755);
+    const dataDir = path.join(tmp, 'data');
+    const port = await freePort();
+    const log = pino({ level: 'silent' });
+    server = await EmbeddedPostgres.start({ dataDir, port, log });
+    await proxy(server.url, 'postgres', server.socketDir);
+    const db = await connect(server.url);
+    await db.query('CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)');
+    const { rows } = await db.query<{ id: string }>(`SELECT df.start(${chain(10, () => 'UPDATE counter SET n = n + 1 RETURNING pg_sleep(0.2)')}) AS id`);
+    await eventually(async () => (await db.query('SELECT n FROM counter')).rows[0].n >= 3, 'three steps to run');
+    await server.stopImmediate();
+    server = await EmbeddedPostgres.start({ dataDir, port, log });
+    const again = await connect(server.url);
+    await untilStatus(again, rows[0]!.id, 'completed');
+    expect((await again.query('SELECT n FROM counter')).rows[0].n).toBe(10);
+  });
+});
