@@ -9,6 +9,7 @@ import { ConfigError, describeSettings, loadConfig, splitHostPort, type Config }
 import { EmbeddedPostgres } from './embedded.js';
 import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
 import { connectionTargets } from './engine/targets.js';
+import { DslInterceptor, loadDslParser } from './dsl/interceptor.js';
 import { ProxyServer } from './proxy/server.js';
 import { upstreamFromUrl } from './proxy/upstream.js';
 
@@ -72,6 +73,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
     allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,
   });
+  await loadDslParser();
   try {
     await executor.discover(databaseOf(executorUrl));
   } catch (err) {
@@ -89,6 +91,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     startupTimeoutMs: cfg.startupTimeout * 1000,
     connectTimeoutMs: cfg.connectTimeout * 1000,
     prepareDatabase: (database) => executor.prepare(database),
+    interceptor: new DslInterceptor(log.child({ component: 'dsl' })),
   });
   let admin: AdminServer | undefined;
   try {

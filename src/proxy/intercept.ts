@@ -2,15 +2,28 @@
 // The relay hands over only Query and Parse messages whose text passed the
 // cheap `mentionsDf` pre-filter; everything else never reaches this interface.
 
+import type { PgError } from './protocol.js';
+
 export interface SessionInfo {
   readonly user: string;
   readonly database: string;
 }
 
+export interface Interception {
+  /** The message to send in place of the client's. */
+  message: Buffer;
+  /**
+   * The replacement makes the server fail with `marker` as its message: the
+   * session hands the client `fields` instead (the server keeps the
+   * transaction state right, the proxy supplies the error and its position).
+   */
+  error?: { marker: string; fields: PgError };
+}
+
 export interface StatementInterceptor {
   /**
-   * A whole Query ('Q') or Parse ('P') message, header included. Return the
-   * message to send in its place, or undefined to forward it unchanged.
+   * A whole Query ('Q') or Parse ('P') message, header included; undefined
+   * forwards it unchanged.
    */
-  rewrite(message: Buffer, session: SessionInfo): Buffer | undefined;
+  rewrite(message: Buffer, session: SessionInfo): Interception | undefined;
 }

@@ -138,12 +138,17 @@ export function parseStartupParams(body: Buffer): Map<string, string> | undefine
 
 /** Reads the severity field of an ErrorResponse body (after the 5-byte header). */
 export function errorSeverity(msg: Buffer): string | undefined {
+  return errorField(msg, 0x56 /* V */);
+}
+
+/** One field of an ErrorResponse or NoticeResponse, by its code byte. */
+export function errorField(msg: Buffer, field: number): string | undefined {
   let pos = 5;
   while (pos < msg.length && msg[pos] !== 0) {
     const code = msg[pos];
     const end = msg.indexOf(0, pos + 1);
     if (end < 0) return undefined;
-    if (code === 0x56 /* V */) return msg.toString('utf8', pos + 1, end);
+    if (code === field) return msg.toString('utf8', pos + 1, end);
     pos = end + 1;
   }
   return undefined;

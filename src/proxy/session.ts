@@ -14,6 +14,7 @@ import {
   SSL_REQUEST,
   TERMINATE,
   errorResponse,
+  errorField,
   errorSeverity,
   isFrontendType,
   mentionsDf,
@@ -57,6 +58,8 @@ type State = 'startup' | 'auth' | 'ready' | 'closed';
 export class Session implements SessionInfo {
   user = '';
   database = '';
+  /** DSL errors waiting for the server's failure of their marker statement. */
+  private readonly pendingErrors = new Map<string, PgError>();
   private state: State = 'startup';
   private client: net.Socket;
   private server: net.Socket | undefined;
@@ -267,7 +270,14 @@ export class Session implements SessionInfo {
         }
         if (!mentionsDf(msg)) return undefined;
         stats.dfStatements++;
-        return this.ctx.interceptor?.rewrite(msg, this);
+        const r = this.ctx.interceptor?.rewrite(msg, this);
+        if (!r) return undefined;
+        if (r.error) {
+          this.pendingErrors.set(r.error.marker, r.error.fields);
+          // A marker the server never reached (an aborted transaction answers first) is forgotten eventually.
+          if (this.pendingErrors.size > 100) this.pendingErrors.delete(this.pendingErrors.keys().next().value!);
+        }
+        return r.message;
       },
       write: (bytes: Buffer): void => {
         if (!this.server!.write(bytes)) this.client.pause();
@@ -309,6 +319,14 @@ export class Session implements SessionInfo {
             }
             return undefined;
           case MSG.errorResponse: {
+            if (this.pendingErrors.size > 0) {
+              const marker = errorField(msg, 0x4d);
+              const replacement = marker !== undefined ? this.pendingErrors.get(marker) : undefined;
+              if (replacement) {
+                this.pendingErrors.delete(marker!);
+                return errorResponse(replacement);
+              }
+            }
             if (this.state !== 'ready') stats.serverErrors++;
             const sev = errorSeverity(msg);
             if (sev === 'FATAL' || sev === 'PANIC') this.serverSentFatal = true;

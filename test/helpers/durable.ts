@@ -4,6 +4,7 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { EXECUTOR_DEFAULTS, Executor, type ExecutorOptions } from '../../src/engine/executor.js';
 import { connectionTargets } from '../../src/engine/targets.js';
+import { DslInterceptor, loadDslParser } from '../../src/dsl/interceptor.js';
 import { env, startProxy, type RunningProxy } from './proxy.js';
 
 export interface Durable extends RunningProxy {
@@ -62,7 +63,12 @@ export async function startDurable(database: string, over: Partial<ExecutorOptio
   await freshDatabase(database);
   const executor = new Executor(executorOptions(database, over));
   await executor.discover(database);
-  const p = await startProxy({ upstreamUrl: dbUrl(env().adminUrl, database), prepareDatabase: (db) => executor.prepare(db) });
+  await loadDslParser();
+  const p = await startProxy({
+    upstreamUrl: dbUrl(env().adminUrl, database),
+    prepareDatabase: (db) => executor.prepare(db),
+    interceptor: new DslInterceptor(pino({ level: 'silent' })),
+  });
   const clients: pg.Client[] = [];
   const open = async (url: string): Promise<pg.Client> => {
     const c = new pg.Client(url);

@@ -77,8 +77,9 @@ describe('failures', () => {
     expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'after failure'`)).rows[0].n).toBe(0);
   });
 
-  it('refuses a batch of statements in one step, as pg_durable does', async () => {
-    const r = await runWorkflow(admin, `df.start('INSERT INTO log VALUES (''batch''); SELECT 1')`);
+  it('refuses a batch of statements in one step: at df.start when the proxy compiles it, else when the step runs', async () => {
+    await expect(admin.query(`SELECT df.start('INSERT INTO log VALUES (''batch''); SELECT 1')`)).rejects.toMatchObject({ code: '42601' });
+    const r = await runWorkflow(admin, 'df.start($1)', ["INSERT INTO log VALUES ('batch'); SELECT 1"]);
     expect(r.status).toBe('failed');
     expect(r.output).toMatch(/cannot insert multiple commands into a prepared statement/);
     expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'batch'`)).rows[0].n).toBe(0);

@@ -1,0 +1,145 @@
+// npm run bench:durable: durable steps against plain transactions, one run.
+//
+// Baseline: pgbench runs the step's INSERT as plain transactions with
+// BENCH_CLIENTS clients. Durable: waves of BENCH_CLIENTS workflows, each of
+// BENCH_STEPS single-INSERT steps, started through the proxy at once. Also:
+// start-to-first-step latency (one workflow at a time, df.instances.created_at
+// to the first step's clock_timestamp()) and the rows the df schema writes
+// per step (pg_stat_user_tables). Prints figures and ratios; asserts nothing.
+//
+//   BENCH_CLIENTS  concurrency of both sides (default 8)
+//   BENCH_STEPS    steps per workflow (default 20)
+//   BENCH_WAVES    waves of workflows (default 10)
+//   BENCH_SECONDS  seconds of the pgbench baseline (default 10)
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { pino } from 'pino';
+import { EmbeddedPostgres, freePort } from '../dist/embedded.js';
+
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
+const STEPS = Number(process.env.BENCH_STEPS ?? 20);
+const WAVES = Number(process.env.BENCH_WAVES ?? 10);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
+const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
+
+function findPgbench() {
+  const dirs = (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'pgbench'));
+  const extra = execFileSync('sh', ['-c', 'ls -d /usr/lib/postgresql/*/bin/pgbench 2>/dev/null || true']).toString().split('\n').filter(Boolean);
+  const found = [...dirs, ...extra].find((p) => existsSync(p));
+  if (found) return found;
+  if (process.getuid?.() !== 0) throw new Error('pgbench is needed: install the Debian package postgresql-client');
+  log('installing postgresql-client (pgbench) from Debian packages');
+  execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore' });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'postgresql-client'], { stdio: 'ignore' });
+  return findPgbench();
+}
+
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function main() {
+  const pgbench = findPgbench();
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-bench-durable-'));
+  chmodSync(tmp, 0o755);
+  const server = await EmbeddedPostgres.start({ dataDir: path.join(tmp, 'data'), port: 0, log: pino({ level: 'warn' }), settings: { max_connections: '200' } });
+  const proxyPort = await freePort();
+  const stepUrl = `postgres://steps@127.0.0.1:${server.port}/postgres?host=${encodeURIComponent(server.socketDir)}`;
+  const proxy = spawn(process.execPath, [CLI, '--upstream', server.url, '--listen', `127.0.0.1:${proxyPort}`, '--admin', 'off', '--log-level', 'warn',
+    '--step-url', stepUrl, '--allow-superuser-instances', 'true'], { stdio: ['ignore', 'inherit', 'pipe'] });
+  await new Promise((resolve, reject) => {
+    let err = '';
+    proxy.stderr.on('data', (d) => {
+      err += d;
+      if (err.includes('ready:')) resolve();
+    });
+    proxy.once('exit', (c) => reject(new Error(`proxy exited ${c}: ${err}`)));
+  });
+  const cleanup = async () => {
+    proxy.kill('SIGKILL');
+    await server.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  };
+  try {
+    const direct = new pg.Client(server.url);
+    await direct.connect();
+    await direct.query('CREATE TABLE bench_rows (id bigserial PRIMARY KEY, instance text, step int, at timestamptz DEFAULT clock_timestamp())');
+    const through = new URL(server.url);
+    through.port = String(proxyPort);
+
+    // Baseline: the same INSERT as plain transactions.
+    const script = path.join(tmp, 'insert.sql');
+    writeFileSync(script, `INSERT INTO bench_rows (instance, step) VALUES ('pgbench', 1);\n`);
+    const u = new URL(server.url);
+    log(`baseline: pgbench -c ${CLIENTS} -T ${SECONDS}`);
+    const out = execFileSync(pgbench, ['-n', '-c', String(CLIENTS), '-j', String(Math.min(CLIENTS, os.cpus().length)), '-T', String(SECONDS), '-f', script,
+      '-h', '127.0.0.1', '-p', u.port, '-U', decodeURIComponent(u.username), 'postgres'], { env: { ...process.env, PGPASSWORD: decodeURIComponent(u.password) } }).toString();
+    const baseTps = Number(/tps = ([\d.]+)/.exec(out)[1]);
+
+    // Durable: waves of concurrent workflows, each started by its own client through the proxy.
+    const clients = await Promise.all(Array.from({ length: CLIENTS }, async () => {
+      const c = new pg.Client(through.toString());
+      await c.connect();
+      return c;
+    }));
+    const chain = Array.from({ length: STEPS }, (_, i) => `'INSERT INTO bench_rows (instance, step) VALUES (''{sys_instance_id}'', ${i + 1})'`).join(' ~> ');
+    const writes = async () => Number((await direct.query(`SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)::bigint AS n FROM pg_stat_user_tables WHERE schemaname = 'df'`)).rows[0].n);
+    await direct.query('SELECT pg_stat_force_next_flush()');
+    const writesBefore = await writes();
+    log(`durable: ${WAVES} waves of ${CLIENTS} workflows x ${STEPS} steps`);
+    let busyMs = 0;
+    for (let w = 0; w < WAVES; w++) {
+      const started = performance.now();
+      const ids = await Promise.all(clients.map(async (c) => (await c.query(`SELECT df.start(${chain}) AS id`)).rows[0].id));
+      for (;;) {
+        const { rows } = await direct.query(`SELECT count(*)::int AS n FROM df.instances WHERE id = ANY($1) AND status IN ('completed', 'failed')`, [ids]);
+        if (rows[0].n === ids.length) break;
+        await sleep(2);
+      }
+      busyMs += performance.now() - started;
+    }
+    const failed = (await direct.query(`SELECT count(*)::int AS n FROM df.instances WHERE status <> 'completed'`)).rows[0].n;
+    if (failed) throw new Error(`${failed} workflows did not complete`);
+    await sleep(600); // statistics reach pg_stat_user_tables within 500 ms (or on the flush below)
+    await direct.query('SELECT pg_stat_force_next_flush()');
+    const dfWrites = (await writes()) - writesBefore;
+    const totalSteps = WAVES * CLIENTS * STEPS;
+    const stepsPerSec = totalSteps / (busyMs / 1000);
+    const workflowsPerSec = (WAVES * CLIENTS) / (busyMs / 1000);
+
+    // Start-to-first-step latency, one workflow at a time.
+    const lat = [];
+    for (let i = 0; i < 100; i++) {
+      const { rows } = await clients[0].query(`SELECT df.start('INSERT INTO bench_rows (instance, step) VALUES (''{sys_instance_id}'', 1)') AS id`);
+      await clients[0].query('SELECT df.await_instance($1)', [rows[0].id]);
+      const r = await direct.query(`SELECT extract(epoch FROM (SELECT min(at) FROM bench_rows WHERE instance = i.id) - i.created_at) * 1000 AS ms FROM df.instances i WHERE id = $1`, [rows[0].id]);
+      lat.push(Number(r.rows[0].ms));
+    }
+    for (const c of clients) await c.end();
+    await direct.end();
+
+    const f = (x, d = 1) => x.toFixed(d);
+    const lines = [
+      `durable workflows: ${CLIENTS} concurrent x ${STEPS} single-INSERT steps, ${WAVES} waves (${totalSteps} steps)`,
+      `  baseline (pgbench, plain transactions, ${CLIENTS} clients): ${f(baseTps)} tps`,
+      `  durable steps/s:            ${f(stepsPerSec)}   (${f(stepsPerSec / baseTps, 2)}x baseline tps; goal >= 0.5x)`,
+      `  durable workflows/s:        ${f(workflowsPerSec, 2)}`,
+      `  start-to-first-step p50:    ${f(pct(lat, 50), 2)} ms   p99: ${f(pct(lat, 99), 2)} ms   (goal p50 <= 5 ms)`,
+      `  df rows written per step:   ${f(dfWrites / totalSteps, 2)}   (inserted, updated or deleted in df.*, besides the step's own row)`,
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    await cleanup();
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench:durable failed: ${err.stack ?? err}\n`);
+  process.exit(1);
+});
