@@ -151,7 +151,9 @@ class DatabaseWorker {
 
   static async start(database: string, owner: string, opts: ExecutorOptions): Promise<DatabaseWorker> {
     await loadParser();
-    const pool = new pg.Pool({ ...opts.control(database), max: 4, idleTimeoutMillis: 30_000 });
+    // Executor bookkeeping commits asynchronously: a status write lost in a crash is
+    // recomputed on replay. Step checkpoints (step connections) and finish() stay synchronous.
+    const pool = new pg.Pool({ ...opts.control(database), options: '-c synchronous_commit=off', max: 4, idleTimeoutMillis: 30_000 });
     pool.on('error', (err) => opts.log.warn({ database, err: err.message }, 'executor connection lost'));
     // A connection dying while checked out errors on the client, which must not crash the process: the query fails instead.
     pool.on('connect', (client) => client.on('error', () => {}));

@@ -20,21 +20,43 @@ function hasOption(options: unknown, name: string): boolean {
   return Array.isArray(options) && options.some((o) => (o as { DefElem?: { defname?: string } }).DefElem?.defname === name);
 }
 
-/**
- * Whether PostgreSQL would refuse this statement in a transaction block.
- * Unparsable text counts as transactional: PostgreSQL reports its error.
- */
-export function needsOwnTransaction(sql: string): boolean {
+export interface StepShape {
+  /** Statements in the text (0 when it does not parse: PostgreSQL reports why). */
+  statements: number;
+  /** PostgreSQL refuses it inside a transaction block. */
+  ownTransaction: boolean;
+}
+
+const shapes = new Map<string, StepShape>();
+
+/** What the parser says about a step's text; cached, loop bodies repeat. */
+export function stepShape(sql: string): StepShape {
+  let shape = shapes.get(sql);
+  if (!shape) {
+    shape = classify(sql);
+    if (shapes.size >= 10_000) shapes.clear();
+    shapes.set(sql, shape);
+  }
+  return shape;
+}
+
+export const needsOwnTransaction = (sql: string): boolean => stepShape(sql).ownTransaction;
+
+function classify(sql: string): StepShape {
   let stmts: { stmt?: ParseNode }[];
   try {
     stmts = (parseSync(sql) as { stmts?: { stmt?: ParseNode }[] }).stmts ?? [];
   } catch {
-    return false;
+    return { statements: 0, ownTransaction: false };
   }
-  if (stmts.length !== 1) return false;
+  if (stmts.length !== 1) return { statements: stmts.length, ownTransaction: false };
   const stmt = stmts[0]!.stmt ?? {};
   const [kind] = Object.keys(stmt);
   const body = (kind ? stmt[kind] : {}) as ParseNode;
+  return { statements: 1, ownTransaction: refusedInTransaction(kind, body) };
+}
+
+function refusedInTransaction(kind: string | undefined, body: ParseNode): boolean {
   switch (kind) {
     case 'VacuumStmt':
     case 'CreatedbStmt':
@@ -114,15 +136,17 @@ export async function runSqlStep(
     cancelling = conn.cancel().catch(() => {});
   };
   opts.signal.addEventListener('abort', onAbort, { once: true });
-  const atomic = opts.sameDatabase && !needsOwnTransaction(sql);
+  const shape = stepShape(sql);
+  const atomic = opts.sameDatabase && !shape.ownTransaction;
   let inTransaction = false;
   try {
-    if (atomic) {
-      await client.query('BEGIN');
-      inTransaction = true;
-    }
     let result: string;
     try {
+      if (atomic) {
+        await client.query('BEGIN');
+        inTransaction = true;
+      }
+      // Extended protocol: PostgreSQL itself refuses several statements, as pg_durable's prepared execution does.
       result = await execute(client, sql);
     } catch (err) {
       if (opts.signal.aborted) throw new Aborted();
@@ -131,8 +155,10 @@ export async function runSqlStep(
     }
     if (opts.signal.aborted) throw new Aborted();
     if (atomic) {
-      await client.query('SELECT df._checkpoint($1, $2, $3, $4, $5)', [cp.instanceId, cp.nodeId, cp.owner, cp.stamp, result]);
-      await client.query('COMMIT');
+      const lit = (v: string): string => client.escapeLiteral(v);
+      await client.query(
+        `SELECT df._checkpoint(${lit(cp.instanceId)}, ${lit(cp.nodeId)}, ${lit(cp.owner)}, ${lit(cp.stamp)}, ${lit(result)}); COMMIT`,
+      );
       inTransaction = false;
     } else {
       await opts.checkpointElsewhere(result);

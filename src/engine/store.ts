@@ -181,6 +181,7 @@ export class Store {
     const client = await this.pool.connect();
     try {
       await client.query('BEGIN');
+      await client.query('SET LOCAL synchronous_commit = on'); // the end of an instance is durable when reported
       const del = await client.query('DELETE FROM df.runs WHERE instance_id = $1 AND owner = $2', [id, this.owner]);
       if (del.rowCount === 0) {
         await client.query('ROLLBACK');
