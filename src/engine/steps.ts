@@ -20,40 +20,34 @@ function hasOption(options: unknown, name: string): boolean {
   return Array.isArray(options) && options.some((o) => (o as { DefElem?: { defname?: string } }).DefElem?.defname === name);
 }
 
-export interface StepShape {
-  /** Statements in the text (0 when it does not parse: PostgreSQL reports why). */
-  statements: number;
-  /** PostgreSQL refuses it inside a transaction block. */
-  ownTransaction: boolean;
-}
+const ownTransaction = new Map<string, boolean>();
 
-const shapes = new Map<string, StepShape>();
-
-/** What the parser says about a step's text; cached, loop bodies repeat. */
-export function stepShape(sql: string): StepShape {
-  let shape = shapes.get(sql);
-  if (!shape) {
-    shape = classify(sql);
-    if (shapes.size >= 10_000) shapes.clear();
-    shapes.set(sql, shape);
+/**
+ * Whether PostgreSQL would refuse this statement in a transaction block;
+ * cached, loop bodies repeat. Unparsable text or several statements count as
+ * transactional: PostgreSQL reports their error.
+ */
+export function needsOwnTransaction(sql: string): boolean {
+  let own = ownTransaction.get(sql);
+  if (own === undefined) {
+    own = classify(sql);
+    if (ownTransaction.size >= 10_000) ownTransaction.clear();
+    ownTransaction.set(sql, own);
   }
-  return shape;
+  return own;
 }
 
-export const needsOwnTransaction = (sql: string): boolean => stepShape(sql).ownTransaction;
-
-function classify(sql: string): StepShape {
+function classify(sql: string): boolean {
   let stmts: { stmt?: ParseNode }[];
   try {
     stmts = (parseSync(sql) as { stmts?: { stmt?: ParseNode }[] }).stmts ?? [];
   } catch {
-    return { statements: 0, ownTransaction: false };
+    return false;
   }
-  if (stmts.length !== 1) return { statements: stmts.length, ownTransaction: false };
+  if (stmts.length !== 1) return false;
   const stmt = stmts[0]!.stmt ?? {};
   const [kind] = Object.keys(stmt);
-  const body = (kind ? stmt[kind] : {}) as ParseNode;
-  return { statements: 1, ownTransaction: refusedInTransaction(kind, body) };
+  return refusedInTransaction(kind, (kind ? stmt[kind] : {}) as ParseNode);
 }
 
 function refusedInTransaction(kind: string | undefined, body: ParseNode): boolean {
@@ -136,8 +130,7 @@ export async function runSqlStep(
     cancelling = conn.cancel().catch(() => {});
   };
   opts.signal.addEventListener('abort', onAbort, { once: true });
-  const shape = stepShape(sql);
-  const atomic = opts.sameDatabase && !shape.ownTransaction;
+  const atomic = opts.sameDatabase && !needsOwnTransaction(sql);
   let inTransaction = false;
   try {
     let result: string;
