@@ -314,7 +314,6 @@ class DatabaseWorker {
     };
     return {
       runSql: async (node, sql, stamp, signal) => {
-        store.record({ instanceId: id, nodeId: node.id, status: 'running', stamp, raw: null });
         const pool = this.stepPool(database, instance.role!);
         let client: pg.PoolClient;
         try {
@@ -338,7 +337,7 @@ class DatabaseWorker {
               signal,
             },
           );
-          store.forget(id, node.id);
+          store.forget(id, node.id); // its 'running', if still queued, is obsolete
           return result;
         } catch (err) {
           discard = signal.aborted || !(err instanceof StepError);

@@ -17,7 +17,10 @@ export class Aborted extends Error {}
 export interface Effects {
   /** Runs one SQL step and checkpoints it (in one transaction when it can). Returns the result JSON text. */
   runSql(node: Node & { type: 'SQL' }, sql: string, stamp: string, signal: AbortSignal): Promise<string>;
-  /** Records a node's status; may be batched (composite nodes' results can be recomputed on replay). */
+  /**
+   * Records a node's status; may be batched (composite nodes' results can be
+   * recomputed on replay). A SQL step's completion is its checkpoint, not this.
+   */
   record(node: Node, status: 'running' | 'completed' | 'failed', stamp: string, raw: string | null): void;
   /** Durably records a LOOP's current iteration before the iteration runs. */
   setIteration(node: Node, stamp: string, iteration: number): Promise<void>;
@@ -70,7 +73,7 @@ async function exec(node: Node, scope: Scope, ctx: InstanceContext, isRoot = fal
   if (scope.signal.aborted) throw new Aborted();
   let out = done(node, scope.stamp);
   if (out === undefined) {
-    if (node.type !== 'SQL') ctx.effects.record(node, 'running', scope.stamp, null);
+    ctx.effects.record(node, 'running', scope.stamp, null);
     out = await step(node, scope, ctx, isRoot);
     // A break passing through a composite node is not its result: on replay
     // the node runs again and meets the recorded BREAK.

@@ -51,16 +51,22 @@ async function kill(p: CliProcess): Promise<void> {
 const chain = (n: number, step: (i: number) => string): string =>
   Array.from({ length: n }, (_, i) => `'${step(i + 1).replaceAll("'", "''")}'`).join(' ~> ');
 
+/** A fresh database of the test server, served by a proxy command, and a direct client to it. */
+async function freshlyServed(database: string): Promise<{ proxy: CliProcess; db: pg.Client; anotherProxy: () => Promise<CliProcess> }> {
+  const e = env();
+  await freshDatabase(database);
+  const anotherProxy = (): Promise<CliProcess> => proxy(e.adminUrl, database, e.socketDir);
+  const first = await anotherProxy();
+  return { proxy: first, db: await connect(dbUrl(e.adminUrl, database)), anotherProxy };
+}
+
 async function untilStatus(c: pg.Client, id: string, status: string, ms = 60_000): Promise<void> {
   await eventually(async () => (await c.query('SELECT status FROM df.instances WHERE id = $1', [id])).rows[0]?.status === status, `instance ${id} to be ${status}`, ms);
 }
 
 describe('a proxy killed mid-workflow', () => {
-  it('kill -9 in the middle of a 20-step chain: after restart the instance completes and each step ran exactly once', async () => {
-    const e = env();
-    await freshDatabase('pgdp_crash_chain');
-    const a = await proxy(e.adminUrl, 'pgdp_crash_chain', e.socketDir);
-    const db = await connect(dbUrl(e.adminUrl, 'pgdp_crash_chain'));
+  it('kill -9 in the middle of a 20-step chain: after a restart the instance completes and each step ran exactly once', async () => {
+    const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_chain');
     await db.query('CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)');
     const { rows } = await db.query<{ id: string }>(
       `SELECT df.start(${chain(20, () => 'UPDATE counter SET n = n + 1 RETURNING pg_sleep(0.1)')}) AS id`,
@@ -70,16 +76,13 @@ describe('a proxy killed mid-workflow', () => {
     await kill(a);
     const at = (await db.query('SELECT n FROM counter')).rows[0].n as number;
     expect(at).toBeLessThan(20);
-    await proxy(e.adminUrl, 'pgdp_crash_chain', e.socketDir);
+    await anotherProxy();
     await untilStatus(db, id, 'completed');
     expect((await db.query('SELECT n FROM counter')).rows[0].n).toBe(20);
   });
 
   it('kill -9 during a long step: the step reruns cleanly, its first attempt leaves nothing', async () => {
-    const e = env();
-    await freshDatabase('pgdp_crash_long');
-    const a = await proxy(e.adminUrl, 'pgdp_crash_long', e.socketDir);
-    const db = await connect(dbUrl(e.adminUrl, 'pgdp_crash_long'));
+    const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_long');
     await db.query('CREATE TABLE marks (at timestamptz DEFAULT clock_timestamp())');
     const { rows } = await db.query<{ id: string }>(`SELECT df.start('INSERT INTO marks SELECT FROM pg_sleep(2)' ~> 'SELECT count(*) AS n FROM marks') AS id`);
     await eventually(
@@ -87,7 +90,7 @@ describe('a proxy killed mid-workflow', () => {
       'the long step to run',
     );
     await kill(a);
-    await proxy(e.adminUrl, 'pgdp_crash_long', e.socketDir);
+    await anotherProxy();
     await untilStatus(db, rows[0]!.id, 'completed');
     expect((await db.query('SELECT count(*)::int AS n FROM marks')).rows[0].n).toBe(1);
     const result = await db.query('SELECT df.result($1) AS r', [rows[0]!.id]);
@@ -97,11 +100,8 @@ describe('a proxy killed mid-workflow', () => {
 
 describe('several proxies on one database', () => {
   it('no step runs twice; when one proxy is killed the other finishes its work once the lease expires', async () => {
-    const e = env();
-    await freshDatabase('pgdp_crash_pair');
-    const a = await proxy(e.adminUrl, 'pgdp_crash_pair', e.socketDir);
-    await proxy(e.adminUrl, 'pgdp_crash_pair', e.socketDir);
-    const db = await connect(dbUrl(e.adminUrl, 'pgdp_crash_pair'));
+    const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_pair');
+    await anotherProxy(); // two proxies on one database
     await db.query('CREATE TABLE done (instance text, step int, at timestamptz DEFAULT clock_timestamp())');
     const ids: string[] = [];
     for (let i = 0; i < 20; i++) {
