@@ -9,7 +9,7 @@ import { buildGraph, GraphError, type Node } from './graph.js';
 import { Aborted, delay, runInstance, type Effects } from './interpreter.js';
 import { migrate } from './migrate.js';
 import { loadParser, runSqlStep, stepErrorText } from './steps.js';
-import { LostRun, Store, type InstanceRow } from './store.js';
+import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
 
 export interface ExecutorOptions {
@@ -217,15 +217,15 @@ class DatabaseWorker {
       this.claimAgain = false;
       const room = this.opts.maxInstances - this.held.size;
       if (room <= 0) return;
-      let ids: string[];
+      let claimed: Loaded[];
       try {
-        ids = await this.store.claim(Math.min(room, 64));
+        claimed = await this.store.claim(Math.min(room, 64));
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, 'claiming work failed; retrying at the next poll');
         return;
       }
-      for (const id of ids) this.start(id);
-      if (ids.length === Math.min(room, 64)) this.claimAgain = true;
+      for (const l of claimed) this.start(l.instance.id, l);
+      if (claimed.length === Math.min(room, 64)) this.claimAgain = true;
     } while (this.claimAgain && !this.closing);
   }
 
@@ -241,14 +241,14 @@ class DatabaseWorker {
   }
 
   /** Runs an instance; after an infrastructure failure (database restarting, connection lost) it resumes from the checkpoints. */
-  private start(id: string): void {
+  private start(id: string, claimed: Loaded): void {
     const h: Held = { abort: new AbortController() };
     this.held.set(id, h);
     const signal = h.abort.signal;
     void (async () => {
       for (let attempt = 0; ; attempt++) {
         try {
-          await this.run(id, signal);
+          await this.run(id, signal, attempt === 0 ? claimed : await this.store.load(id));
           return;
         } catch (err) {
           if (err instanceof Aborted || err instanceof LostRun || signal.aborted) return;
@@ -265,8 +265,7 @@ class DatabaseWorker {
       });
   }
 
-  private async run(id: string, signal: AbortSignal): Promise<void> {
-    const loaded = await this.store.load(id);
+  private async run(id: string, signal: AbortSignal, loaded: Loaded | undefined): Promise<void> {
     if (!loaded || TERMINAL.has(loaded.instance.status)) {
       await this.store.drop(id);
       return;
@@ -292,7 +291,6 @@ class DatabaseWorker {
       }
       throw err;
     }
-    await this.store.markRunning(id);
     const vars: Record<string, string> = {};
     for (const [k, v] of Object.entries(instance.vars)) vars[k] = v ?? '';
     const outcome = await runInstance(root, { instanceId: id, label: instance.label ?? '', vars, effects: this.effects(instance, signal) }, signal);

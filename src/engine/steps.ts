@@ -7,6 +7,7 @@
 // right after: at-least-once.
 import { loadModule, parseSync } from 'libpg-query';
 import type pg from 'pg';
+import { serialize } from 'pg-protocol';
 import { Aborted } from './interpreter.js';
 import { resultJson } from './results.js';
 import { StepError } from './substitute.js';
@@ -20,34 +21,78 @@ function hasOption(options: unknown, name: string): boolean {
   return Array.isArray(options) && options.some((o) => (o as { DefElem?: { defname?: string } }).DefElem?.defname === name);
 }
 
-const ownTransaction = new Map<string, boolean>();
-
-/**
- * Whether PostgreSQL would refuse this statement in a transaction block;
- * cached, loop bodies repeat. Unparsable text or several statements count as
- * transactional: PostgreSQL reports their error.
- */
-export function needsOwnTransaction(sql: string): boolean {
-  let own = ownTransaction.get(sql);
-  if (own === undefined) {
-    own = classify(sql);
-    if (ownTransaction.size >= 10_000) ownTransaction.clear();
-    ownTransaction.set(sql, own);
-  }
-  return own;
+export interface StepKind {
+  /** PostgreSQL refuses it in a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...). */
+  ownTransaction: boolean;
+  /** It returns no rows (DML without RETURNING, common DDL): its result is known before it runs. */
+  noRows: boolean;
 }
 
-function classify(sql: string): boolean {
+const TRANSACTIONAL: StepKind = { ownTransaction: false, noRows: false };
+const kinds = new Map<string, StepKind>();
+
+/**
+ * What the parser says about a step's statement; cached, loop bodies repeat.
+ * Unparsable text or several statements count as transactional and
+ * row-returning: PostgreSQL reports their error.
+ */
+export function stepKind(sql: string): StepKind {
+  let kind = kinds.get(sql);
+  if (kind === undefined) {
+    kind = classify(sql);
+    if (kinds.size >= 10_000) kinds.clear();
+    kinds.set(sql, kind);
+  }
+  return kind;
+}
+
+export const needsOwnTransaction = (sql: string): boolean => stepKind(sql).ownTransaction;
+
+function classify(sql: string): StepKind {
   let stmts: { stmt?: ParseNode }[];
   try {
     stmts = (parseSync(sql) as { stmts?: { stmt?: ParseNode }[] }).stmts ?? [];
   } catch {
-    return false;
+    return TRANSACTIONAL;
   }
-  if (stmts.length !== 1) return false;
+  if (stmts.length !== 1) return TRANSACTIONAL;
   const stmt = stmts[0]!.stmt ?? {};
   const [kind] = Object.keys(stmt);
-  return refusedInTransaction(kind, (kind ? stmt[kind] : {}) as ParseNode);
+  const body = (kind ? stmt[kind] : {}) as ParseNode;
+  return { ownTransaction: refusedInTransaction(kind, body), noRows: returnsNoRows(kind, body) };
+}
+
+/**
+ * Statements that never send rows in the extended protocol: PostgreSQL sends
+ * rows only for the statement's own RETURNING (a rule's DO INSTEAD SELECT
+ * rows are discarded), and these utility statements return none.
+ */
+function returnsNoRows(kind: string | undefined, body: ParseNode): boolean {
+  switch (kind) {
+    case 'InsertStmt':
+    case 'UpdateStmt':
+    case 'DeleteStmt':
+    case 'MergeStmt':
+      return !Array.isArray(body.returningList) || body.returningList.length === 0;
+    case 'CreateStmt':
+    case 'CreateTableAsStmt':
+    case 'AlterTableStmt':
+    case 'DropStmt':
+    case 'TruncateStmt':
+    case 'IndexStmt':
+    case 'ViewStmt':
+    case 'GrantStmt':
+    case 'CommentStmt':
+    case 'DoStmt':
+    case 'RefreshMatViewStmt':
+    case 'NotifyStmt':
+    case 'CreateSchemaStmt':
+    case 'CreateSeqStmt':
+    case 'RenameStmt':
+      return true;
+    default:
+      return false;
+  }
 }
 
 function refusedInTransaction(kind: string | undefined, body: ParseNode): boolean {
@@ -84,6 +129,12 @@ export function isInfrastructureError(err: unknown): boolean {
   return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300';
 }
 
+/** An error of the statement itself is the step's failure; a lost connection is not. */
+function stepFailure(err: unknown): unknown {
+  if ((err as { code?: string }).code && !isInfrastructureError(err)) return new StepError(stepErrorText(err));
+  return err;
+}
+
 /** A step failure as pg_durable stores it: the server's message, with its SQLSTATE. */
 export function stepErrorText(err: unknown): string {
   const e = err as { message?: string; code?: string };
@@ -112,9 +163,147 @@ async function execute(client: pg.PoolClient, sql: string): Promise<string> {
   return resultJson(r.fields, r.rows as (string | null)[][]);
 }
 
+/** Where a failure of an atomic step happened: it decides who is at fault. */
+type Phase = 'statement' | 'checkpoint' | 'commit';
+
+/** Thrown by AtomicStep for a failure after the statement succeeded. */
+export class CheckpointError extends Error {
+  constructor(
+    readonly original: Error & { code?: string },
+    readonly phase: Exclude<Phase, 'statement'>,
+  ) {
+    super(original.message);
+  }
+}
+
+const CHECKPOINT = 'pgdp_checkpoint';
+const CHECKPOINT_SQL = 'SELECT df._checkpoint($1, $2, $3, $4, $5)';
+/** Connections whose session holds the prepared checkpoint. */
+const prepared = new WeakSet<object>();
+
+interface WireConnection {
+  stream: { writable: boolean; write(b: Buffer): boolean };
+}
+
+/** The result of a statement that returns no rows, as pg_durable stores it. */
+export const NO_ROWS = '{"rows":[],"row_count":0}';
+
+/**
+ * A step's statement and its checkpoint in one implicit transaction, without
+ * BEGIN/COMMIT: PostgreSQL runs everything up to a Sync as one transaction,
+ * committed at the Sync, rolled back whole on any error.
+ *
+ * Two round trips: Parse/Bind/Describe/Execute/Flush for the statement; once
+ * its rows are in, Bind/Execute of the prepared checkpoint with the result,
+ * and Sync. One round trip when the result is known beforehand (`known`: the
+ * statement returns no rows): statement, checkpoint and Sync go together.
+ *
+ * A pg "submittable": the client hands it the protocol messages until the
+ * next ReadyForQuery, as it does for pg-cursor.
+ */
+class AtomicStep {
+  readonly done: Promise<string>;
+  private resolve!: (v: string) => void;
+  private reject!: (e: unknown) => void;
+  private phase: Phase = 'statement';
+  private fields: pg.FieldDef[] = [];
+  private rows: (string | null)[][] = [];
+  private result = '';
+  private synced = false;
+  private failed = false;
+  private connection: WireConnection | undefined;
+
+  constructor(
+    private readonly sql: string,
+    private readonly cp: Checkpoint,
+    private readonly known: string | undefined,
+  ) {
+    this.done = new Promise((res, rej) => {
+      this.resolve = res;
+      this.reject = rej;
+    });
+  }
+
+  submit(connection: WireConnection): void {
+    this.connection = connection;
+    const statement = [serialize.parse({ text: this.sql }), serialize.bind({}), serialize.describe({ type: 'P' }), serialize.execute({})];
+    if (this.known === undefined) write(connection, [...statement, serialize.flush()]);
+    else write(connection, [...statement, ...this.checkpoint(this.known)]);
+  }
+
+  /** Bind/Execute of the prepared checkpoint, and the Sync that commits. */
+  private checkpoint(result: string): Buffer[] {
+    const c = this.connection!;
+    const { instanceId, nodeId, owner, stamp } = this.cp;
+    this.synced = true;
+    return [
+      // Close first: a failed earlier attempt may have left the statement half known. Closing none is no error.
+      ...(prepared.has(c) ? [] : [serialize.close({ type: 'S', name: CHECKPOINT }), serialize.parse({ name: CHECKPOINT, text: CHECKPOINT_SQL })]),
+      serialize.bind({ statement: CHECKPOINT, values: [instanceId, nodeId, owner, stamp, result] }),
+      serialize.execute({}),
+      serialize.sync(),
+    ];
+  }
+
+  handleRowDescription(msg: { fields: pg.FieldDef[] }): void {
+    this.fields = msg.fields;
+  }
+
+  handleDataRow(msg: { fields: (string | null)[] }): void {
+    if (this.phase === 'statement') this.rows.push(msg.fields); // later: the checkpoint's own (void) row
+  }
+
+  handleEmptyQuery(): void {
+    this.statementDone();
+  }
+
+  handleCommandComplete(): void {
+    if (this.phase === 'statement') this.statementDone();
+    else this.phase = 'commit'; // the checkpoint ran; what fails now fails the COMMIT
+  }
+
+  private statementDone(): void {
+    this.result = resultJson(this.fields, this.rows);
+    this.rows = [];
+    this.phase = 'checkpoint';
+    if (this.known === undefined) write(this.connection!, this.checkpoint(this.result));
+  }
+
+  handleError(err: Error & { code?: string }): void {
+    this.failed = true;
+    if (this.phase === 'statement') {
+      // The server skips everything up to a Sync after an error.
+      if (!this.synced && this.connection?.stream.writable) write(this.connection, [serialize.sync()]);
+      this.reject(err);
+    } else {
+      this.reject(new CheckpointError(err, this.phase));
+    }
+  }
+
+  handleReadyForQuery(): void {
+    if (this.failed) return;
+    prepared.add(this.connection!);
+    this.resolve(this.result);
+  }
+
+  handleCopyInResponse(connection: { sendCopyFail(msg: string): void }): void {
+    connection.sendCopyFail('COPY FROM STDIN is not available in a durable step');
+  }
+
+  handleCopyData(): void {}
+
+  handlePortalSuspended(): void {}
+}
+
+function write(connection: WireConnection, parts: Buffer[]): void {
+  if (connection.stream.writable) connection.stream.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+}
+
 /**
  * Runs `sql` and checkpoints it. `sameDatabase`: the step runs in the database
  * holding the df schema, so statement and checkpoint can share a transaction.
+ * `checkpointElsewhere` writes the checkpoint of a step that could not
+ * share its transaction.
  * Throws StepError (the step failed), Aborted, or an infrastructure error.
  */
 export async function runSqlStep(
@@ -130,37 +319,35 @@ export async function runSqlStep(
     cancelling = conn.cancel().catch(() => {});
   };
   opts.signal.addEventListener('abort', onAbort, { once: true });
-  const atomic = opts.sameDatabase && !needsOwnTransaction(sql);
-  let inTransaction = false;
+  const kind = stepKind(sql);
   try {
+    if (opts.sameDatabase && !kind.ownTransaction) {
+      try {
+        // Extended protocol: PostgreSQL itself refuses several statements, as pg_durable's prepared execution does.
+        return await client.query(new AtomicStep(sql, cp, kind.noRows ? NO_ROWS : undefined)).done;
+      } catch (err) {
+        if (opts.signal.aborted) throw new Aborted();
+        if (err instanceof CheckpointError) {
+          // Deferred constraints, serialization failures: the step's own transaction failed at COMMIT.
+          if (err.phase === 'commit' && !isInfrastructureError(err.original)) throw new StepError(stepErrorText(err.original));
+          throw err.original; // the checkpoint itself failed (40001: the run is no longer ours); nothing committed
+        }
+        throw stepFailure(err);
+      }
+    }
     let result: string;
     try {
-      if (atomic) {
-        await client.query('BEGIN');
-        inTransaction = true;
-      }
-      // Extended protocol: PostgreSQL itself refuses several statements, as pg_durable's prepared execution does.
       result = await execute(client, sql);
     } catch (err) {
       if (opts.signal.aborted) throw new Aborted();
-      if ((err as { code?: string }).code && !isInfrastructureError(err)) throw new StepError(stepErrorText(err));
-      throw err;
+      throw stepFailure(err);
     }
     if (opts.signal.aborted) throw new Aborted();
-    if (atomic) {
-      const lit = (v: string): string => client.escapeLiteral(v);
-      await client.query(
-        `SELECT df._checkpoint(${lit(cp.instanceId)}, ${lit(cp.nodeId)}, ${lit(cp.owner)}, ${lit(cp.stamp)}, ${lit(result)}); COMMIT`,
-      );
-      inTransaction = false;
-    } else {
-      await opts.checkpointElsewhere(result);
-    }
+    await opts.checkpointElsewhere(result);
     return result;
   } finally {
     opts.signal.removeEventListener('abort', onAbort);
     // The caller discards a cancelled connection; the cancel must land before that.
     if (cancelling) await cancelling;
-    if (inTransaction) await client.query('ROLLBACK').catch(() => {});
   }
 }

@@ -1,7 +1,7 @@
 // The executor's reads and writes of one database's df schema, made on the
 // executor's own connections. Every write that changes an instance is fenced
 // by the run lease: it lands only while this executor still owns the run.
-import type pg from 'pg';
+import pg from 'pg';
 import { z } from 'zod';
 
 const instanceRow = z.object({
@@ -17,6 +17,35 @@ const instanceRow = z.object({
 });
 export type InstanceRow = z.infer<typeof instanceRow>;
 
+export interface Loaded {
+  instance: InstanceRow;
+  /** df.nodes rows, for buildGraph to check. */
+  nodes: unknown[];
+}
+
+/** An instance's columns (i_*) beside each of its nodes' (a row of NULLs for an instance without nodes). */
+const LOAD = `SELECT i.id AS i_id, i.label AS i_label, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
+       i.vars AS i_vars, r.rolname AS i_role, r.rolsuper AS i_rolsuper, r.rolcanlogin AS i_rolcanlogin,
+       n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at
+  FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by LEFT JOIN df.nodes n ON n.instance_id = i.id`;
+type LoadRow = Record<string, unknown> & { i_id: string; id: string | null };
+
+function grouped(rows: LoadRow[]): Map<string, Loaded> {
+  const out = new Map<string, Loaded>();
+  for (const r of rows) {
+    let l = out.get(r.i_id);
+    if (!l) {
+      const instance = instanceRow.parse({
+        id: r.i_id, label: r.i_label, root_node: r.i_root_node, status: r.i_status, database: r.i_database,
+        vars: r.i_vars, role: r.i_role, rolsuper: r.i_rolsuper, rolcanlogin: r.i_rolcanlogin,
+      });
+      out.set(r.i_id, (l = { instance, nodes: [] }));
+    }
+    if (r.id !== null) l.nodes.push(r);
+  }
+  return out;
+}
+
 export interface NodeWrite {
   instanceId: string;
   nodeId: string;
@@ -27,6 +56,8 @@ export interface NodeWrite {
 
 /** Fence of a write: $1 is the instance, $2 this executor. */
 const HELD = 'EXISTS (SELECT FROM df.runs WHERE instance_id = $1 AND owner = $2)';
+
+const { escapeLiteral } = pg;
 
 export class Store {
   private queue = new Map<string, NodeWrite>();
@@ -41,28 +72,40 @@ export class Store {
     private readonly leaseSeconds: number,
   ) {}
 
-  /** Takes up to `limit` runs nobody holds (or whose lease ran out). */
-  async claim(limit: number): Promise<string[]> {
-    const { rows } = await this.pool.query<{ instance_id: string }>(
-      `UPDATE df.runs r SET owner = $1, lease_expires = now() + make_interval(secs => $2)
-         FROM (SELECT instance_id FROM df.runs
-                WHERE lease_expires IS NULL OR lease_expires < now()
-                ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) c
-        WHERE r.instance_id = c.instance_id
-        RETURNING r.instance_id`,
-      [this.owner, this.leaseSeconds, limit],
-    );
-    return rows.map((r) => r.instance_id);
+  /**
+   * Takes up to `limit` runs nobody holds (or whose lease ran out), and
+   * returns them loaded: one round trip from a notification to a graph. Their
+   * instances become 'running' in the same statement (the rows returned show
+   * the status before it).
+   */
+  async claim(limit: number): Promise<Loaded[]> {
+    const { rows } = await this.pool.query<LoadRow>({
+      name: 'pgdp_claim',
+      text: `WITH claimed AS (
+               UPDATE df.runs r SET owner = $1, lease_expires = now() + make_interval(secs => $2)
+                 FROM (SELECT instance_id FROM df.runs
+                        WHERE lease_expires IS NULL OR lease_expires < now()
+                        ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) c
+                WHERE r.instance_id = c.instance_id
+                RETURNING r.instance_id),
+             started AS (
+               UPDATE df.instances i SET status = 'running', updated_at = now()
+                 FROM claimed WHERE i.id = claimed.instance_id AND i.status = 'pending')
+             ${LOAD} JOIN claimed ON claimed.instance_id = i.id`,
+      values: [this.owner, this.leaseSeconds, limit],
+    });
+    return [...grouped(rows).values()];
   }
 
   /** Extends the leases of the runs held; returns those still held. */
   async renew(ids: string[]): Promise<Set<string>> {
     if (ids.length === 0) return new Set();
-    const { rows } = await this.pool.query<{ instance_id: string }>(
-      `UPDATE df.runs SET lease_expires = now() + make_interval(secs => $2)
-        WHERE owner = $1 AND instance_id = ANY($3) RETURNING instance_id`,
-      [this.owner, this.leaseSeconds, ids],
-    );
+    const { rows } = await this.pool.query<{ instance_id: string }>({
+      name: 'pgdp_renew',
+      text: `UPDATE df.runs SET lease_expires = now() + make_interval(secs => $2)
+              WHERE owner = $1 AND instance_id = ANY($3) RETURNING instance_id`,
+      values: [this.owner, this.leaseSeconds, ids],
+    });
     return new Set(rows.map((r) => r.instance_id));
   }
 
@@ -74,27 +117,10 @@ export class Store {
     );
   }
 
-  async load(id: string): Promise<{ instance: InstanceRow; nodes: unknown[] } | undefined> {
-    const inst = await this.pool.query(
-      `SELECT i.id, i.label, i.root_node, i.status, i.database, i.vars, r.rolname AS role, r.rolsuper, r.rolcanlogin
-         FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
-      [id],
-    );
-    if (inst.rows.length === 0) return undefined;
-    const nodes = await this.pool.query(
-      `SELECT id, node_type, query, result_name, left_node, right_node, status, stamp, iteration, raw_result, wake_at
-         FROM df.nodes WHERE instance_id = $1`,
-      [id],
-    );
-    return { instance: instanceRow.parse(inst.rows[0]), nodes: nodes.rows };
-  }
-
-  async markRunning(id: string): Promise<void> {
-    await this.pool.query(
-      `UPDATE df.instances SET status = 'running', updated_at = now()
-        WHERE id = $1 AND status = 'pending' AND EXISTS (SELECT FROM df.runs WHERE instance_id = $1 AND owner = $2)`,
-      [id, this.owner],
-    );
+  /** An instance and its nodes, in one round trip. */
+  async load(id: string): Promise<Loaded | undefined> {
+    const { rows } = await this.pool.query<LoadRow>({ name: 'pgdp_load', text: `${LOAD} WHERE i.id = $1`, values: [id] });
+    return grouped(rows).get(id);
   }
 
   /** Queues a node status write; writes are coalesced per node and flushed within milliseconds. */
@@ -127,14 +153,15 @@ export class Store {
 
   private async writeNodes(batch: NodeWrite[]): Promise<void> {
     // A late 'running' never overwrites the finished status of the same iteration.
-    await this.pool.query(
-      `UPDATE df.nodes n
+    await this.pool.query({
+      name: 'pgdp_write_nodes',
+      text: `UPDATE df.nodes n
           SET status = v.status, result = v.raw::jsonb, raw_result = v.raw, stamp = v.stamp, updated_at = now()
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(inst, id, status, stamp, raw)
         WHERE n.instance_id = v.inst AND n.id = v.id
           AND EXISTS (SELECT FROM df.runs r WHERE r.instance_id = v.inst AND r.owner = $6)
           AND NOT (v.status = 'running' AND n.status IN ('completed', 'failed') AND n.stamp IS NOT DISTINCT FROM v.stamp)`,
-      [
+      values: [
         batch.map((b) => b.instanceId),
         batch.map((b) => b.nodeId),
         batch.map((b) => b.status),
@@ -142,7 +169,7 @@ export class Store {
         batch.map((b) => b.raw),
         this.owner,
       ],
-    );
+    });
   }
 
   /** A LOOP's iteration, durably, before the iteration runs. */
@@ -173,38 +200,24 @@ export class Store {
 
   /**
    * Ends an instance: the run row goes (the fence), the root node and the
-   * instance get their status and result in the same transaction.
-   * Returns false if the run was no longer ours (cancelled, taken over).
+   * instance get their status and result, in one statement and one round
+   * trip, committed synchronously: the end of an instance is durable when
+   * reported. Returns false if the run was no longer ours (cancelled, taken over).
    */
   async finish(id: string, rootId: string, outcome: { status: 'completed' | 'failed'; raw: string; output: string }): Promise<boolean> {
     await this.flush();
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
-      await client.query('SET LOCAL synchronous_commit = on'); // the end of an instance is durable when reported
-      const del = await client.query('DELETE FROM df.runs WHERE instance_id = $1 AND owner = $2', [id, this.owner]);
-      if (del.rowCount === 0) {
-        await client.query('ROLLBACK');
-        return false;
-      }
-      await client.query(
-        `UPDATE df.nodes SET status = $3, result = $4::jsonb, raw_result = $4, updated_at = now()
-          WHERE instance_id = $1 AND id = $2`,
-        [id, rootId, outcome.status, outcome.raw],
-      );
-      await client.query(
-        `UPDATE df.instances SET status = $2, output = $3, updated_at = now(), completed_at = now()
-          WHERE id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')`,
-        [id, outcome.status, outcome.output],
-      );
-      await client.query('COMMIT');
-      return true;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+    const lit = (v: string): string => escapeLiteral(v);
+    // Simple protocol (literals): the two statements are one implicit transaction, so set_config(..., true) holds at its commit.
+    const results = (await this.pool.query(
+      `SELECT set_config('synchronous_commit', 'on', true);
+       WITH ended AS (DELETE FROM df.runs WHERE instance_id = ${lit(id)} AND owner = ${lit(this.owner)} RETURNING instance_id),
+            root AS (UPDATE df.nodes SET status = ${lit(outcome.status)}, result = ${lit(outcome.raw)}::jsonb, raw_result = ${lit(outcome.raw)}, updated_at = now()
+                      WHERE instance_id = ${lit(id)} AND id = ${lit(rootId)} AND EXISTS (SELECT FROM ended)),
+            inst AS (UPDATE df.instances SET status = ${lit(outcome.status)}, output = ${lit(outcome.output)}, updated_at = now(), completed_at = now()
+                      WHERE id = ${lit(id)} AND status NOT IN ('completed', 'failed', 'cancelled') AND EXISTS (SELECT FROM ended))
+       SELECT count(*)::int AS held FROM ended`,
+    )) as unknown as pg.QueryResult<{ held: number }>[];
+    return results[1]!.rows[0]!.held > 0;
   }
 
   /** An instance that is already terminal (cancelled) leaves the queue. */

@@ -54,6 +54,22 @@ describe('sequences and results', () => {
     expect(r.result).toEqual({ rows: [{ first: 2 }], row_count: 1 });
   });
 
+  it('a statement without RETURNING has no rows as its result, even when a rule makes rows with DO INSTEAD SELECT (as in a prepared execution in pg_durable)', async () => {
+    await admin.query(`CREATE TABLE doubled (a int);
+      CREATE RULE doubled_insert AS ON INSERT TO doubled DO INSTEAD SELECT NEW.a * 2 AS twice`);
+    const r = await runWorkflow(
+      admin,
+      `df.start('INSERT INTO log (step) VALUES (''no rows'')' |=> 'plain' ~> 'INSERT INTO doubled VALUES (21)' |=> 'ruled' ~> 'SELECT 1')`,
+    );
+    expect(r.status).toBe('completed');
+    const nodes = await admin.query(`SELECT result_name, result FROM df.nodes WHERE instance_id = $1 AND result_name IS NOT NULL ORDER BY result_name`, [r.id]);
+    expect(nodes.rows).toEqual([
+      { result_name: 'plain', result: { rows: [], row_count: 0 } },
+      { result_name: 'ruled', result: { rows: [], row_count: 0 } },
+    ]);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'no rows'`)).rows[0].n).toBe(1);
+  });
+
   it('substitutes variables snapshotted at start, and the instance id and label', async () => {
     await admin.query(`SELECT df.setvar('tbl', 'log')`);
     const { rows } = await admin.query<{ id: string }>(`SELECT df.start('INSERT INTO {tbl} (step) VALUES (''{sys_instance_id}/{sys_label}'') RETURNING step', 'lbl') AS id`);
@@ -89,6 +105,16 @@ describe('failures', () => {
     const r = await runWorkflow(admin, `df.start('SELECT 1 WHERE false' |=> 'e' ~> 'SELECT $e')`);
     expect(r.status).toBe('failed');
     expect(r.output).toBe('$e has no rows — query returned zero results');
+  });
+
+  it('fails the step when its own COMMIT fails (a deferred constraint), and nothing of it stays', async () => {
+    await admin.query(`CREATE TABLE parent (id int PRIMARY KEY);
+      CREATE TABLE child (parent int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)`);
+    const r = await runWorkflow(admin, `df.start('INSERT INTO child VALUES (7)' ~> 'INSERT INTO log VALUES (''after commit failure'')')`);
+    expect(r.status).toBe('failed');
+    expect(r.output).toMatch(/violates foreign key constraint .* \(SQLSTATE 23503\)$/);
+    expect((await admin.query('SELECT count(*)::int AS n FROM child')).rows[0].n).toBe(0);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'after commit failure'`)).rows[0].n).toBe(0);
   });
 
   it('fails df.break() outside a loop', async () => {
