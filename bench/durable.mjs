@@ -78,17 +78,43 @@ async function main() {
     const script = path.join(tmp, 'insert.sql');
     writeFileSync(script, `INSERT INTO bench_rows (instance, step) VALUES ('pgbench', 1);\n`);
     const u = new URL(server.url);
+    const runPgbench = (file, extra = []) => {
+      const out = execFileSync(pgbench, ['-n', ...extra, '-c', String(CLIENTS), '-j', String(Math.min(CLIENTS, os.cpus().length)), '-T', String(SECONDS), '-f', file,
+        '-h', '127.0.0.1', '-p', u.port, '-U', decodeURIComponent(u.username), 'postgres'], { env: { ...process.env, PGPASSWORD: decodeURIComponent(u.password) } }).toString();
+      return Number(/tps = ([\d.]+)/.exec(out)[1]);
+    };
     log(`baseline: pgbench -c ${CLIENTS} -T ${SECONDS}`);
-    const out = execFileSync(pgbench, ['-n', '-c', String(CLIENTS), '-j', String(Math.min(CLIENTS, os.cpus().length)), '-T', String(SECONDS), '-f', script,
-      '-h', '127.0.0.1', '-p', u.port, '-U', decodeURIComponent(u.username), 'postgres'], { env: { ...process.env, PGPASSWORD: decodeURIComponent(u.password) } }).toString();
-    const baseTps = Number(/tps = ([\d.]+)/.exec(out)[1]);
+    const baseTps = runPgbench(script);
 
-    // Durable: waves of concurrent workflows, each started by its own client through the proxy.
+    // Durable: N clients through the proxy (their first visit installs the df schema).
     const clients = await Promise.all(Array.from({ length: CLIENTS }, async () => {
       const c = new pg.Client(through.toString());
       await c.connect();
       return c;
     }));
+
+    // What a durable step costs PostgreSQL alone: the step's INSERT and its checkpoint
+    // in one implicit transaction and one round trip, as the executor sends them, driven
+    // by pgbench. The instances are leased to a made-up executor for an hour (set before
+    // their start commits), so the proxy's executor leaves them alone.
+    const fakeOwner = '00000000-0000-4000-8000-00000000be4c';
+    await direct.query('CREATE TABLE bench_ceiling (n int PRIMARY KEY, instance text, node text)');
+    for (let n = 0; n < CLIENTS; n++) {
+      await direct.query('BEGIN');
+      const { rows } = await direct.query(`SELECT df.start('SELECT 1') AS id`);
+      await direct.query(`UPDATE df.runs SET owner = $2, lease_expires = now() + interval '1 hour' WHERE instance_id = $1`, [rows[0].id, fakeOwner]);
+      await direct.query('INSERT INTO bench_ceiling SELECT $1, id, root_node FROM df.instances WHERE id = $2', [n, rows[0].id]);
+      await direct.query('COMMIT');
+    }
+    const ceilingScript = path.join(tmp, 'step.sql');
+    writeFileSync(ceilingScript, `\\startpipeline
+INSERT INTO bench_rows (instance, step) VALUES ('ceiling', 1);
+SELECT df._checkpoint(instance, node, '${fakeOwner}', '', '{"rows":[],"row_count":0}') FROM bench_ceiling WHERE n = :client_id;
+\\endpipeline
+`);
+    log(`a step's SQL alone: pgbench -M prepared -c ${CLIENTS} -T ${SECONDS}`);
+    const ceilingTps = runPgbench(ceilingScript, ['-M', 'prepared']);
+    await direct.query('DELETE FROM df.instances WHERE id IN (SELECT instance FROM bench_ceiling)');
     const chain = Array.from({ length: STEPS }, (_, i) => `'INSERT INTO bench_rows (instance, step) VALUES (''{sys_instance_id}'', ${i + 1})'`).join(' ~> ');
     const writes = async () => Number((await direct.query(`SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)::bigint AS n FROM pg_stat_user_tables WHERE schemaname = 'df'`)).rows[0].n);
     await direct.query('SELECT pg_stat_force_next_flush()');
@@ -140,6 +166,7 @@ async function main() {
     const lines = [
       `durable workflows: ${CLIENTS} concurrent x ${STEPS} single-INSERT steps, ${WAVES} per client (${totalSteps} steps)`,
       `  baseline (pgbench, plain transactions, ${CLIENTS} clients): ${f(baseTps)} tps`,
+      `  a step's SQL alone (pgbench: INSERT + checkpoint in one round trip): ${f(ceilingTps)} tps   (${f(ceilingTps / baseTps, 2)}x baseline: the most the proxy could reach)`,
       `  durable steps/s:            ${f(stepsPerSec)}   (${f(stepsPerSec / baseTps, 2)}x baseline tps; goal >= 0.5x)`,
       `  durable workflows/s:        ${f(workflowsPerSec, 2)}`,
       `  start-to-first-step p50:    ${f(pct(lat, 50), 2)} ms   p99: ${f(pct(lat, 99), 2)} ms   (goal p50 <= 5 ms)`,
