@@ -10,6 +10,7 @@ import { EmbeddedPostgres } from './embedded.js';
 import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
 import { connectionTargets } from './engine/targets.js';
 import { DslInterceptor, loadDslParser } from './dsl/interceptor.js';
+import { startInOwnTransaction } from './engine/start.js';
 import { ProxyServer } from './proxy/server.js';
 import { upstreamFromUrl } from './proxy/upstream.js';
 
@@ -65,9 +66,10 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     : embedded
       ? { socketDir: embedded.socketDir, port: embedded.port }
       : { url: executorUrl };
+  const targets = connectionTargets(executorUrl, stepTarget);
   const executor = new Executor({
     ...EXECUTOR_DEFAULTS,
-    ...connectionTargets(executorUrl, stepTarget),
+    ...targets,
     log: log.child({ component: 'executor' }),
     leaseSeconds: cfg.leaseTimeout,
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
@@ -91,7 +93,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     startupTimeoutMs: cfg.startupTimeout * 1000,
     connectTimeoutMs: cfg.connectTimeout * 1000,
     prepareDatabase: (database) => executor.prepare(database),
-    interceptor: new DslInterceptor(log.child({ component: 'dsl' })),
+    interceptor: new DslInterceptor(log.child({ component: 'dsl' }), startInOwnTransaction(targets.start)),
   });
   let admin: AdminServer | undefined;
   try {

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { loadModule, parseSync, scanSync } from 'libpg-query';
 import type { Logger } from 'pino';
 import type { Interception, SessionInfo, StatementInterceptor } from '../proxy/intercept.js';
+import type { PgError } from '../proxy/protocol.js';
 import { DslError } from './builders.js';
 import { compile, funcName, NotCompilable, type Ast, type StepSources } from './compile.js';
 import { validate } from './validate.js';
@@ -72,9 +73,65 @@ function dollarQuote(text: string): string {
   return `$${tag}$${text}$${tag}$`;
 }
 
+/** A df.start(..., transaction_mode => 'new') the proxy performs on a connection of its own. */
+export interface NewStart {
+  graph: string;
+  label: string | null;
+  database: string | null;
+  /** Byte span of the whole df.start(...) call, which the started instance's id replaces. */
+  start: number;
+  end: number;
+  /** The call has no alias: the replacement keeps the column name ("start"). */
+  unnamed: boolean;
+}
+
 export interface Rewritten {
   sql: string;
   error?: DslError;
+  /** Set when the statement is exactly `SELECT df.start(<literal workflow>, ..., transaction_mode => 'new')`. */
+  newStart?: NewStart;
+}
+
+/** A string constant's value, null for NULL, undefined for anything else. */
+function constant(a: Ast | undefined): string | null | undefined {
+  if (a === undefined) return null;
+  const c = a.A_Const as Ast | undefined;
+  if (!c) return undefined;
+  if (c.isnull) return null;
+  return typeof c.sval?.sval === 'string' ? (c.sval.sval as string) : c.sval ? '' : undefined;
+}
+
+/** df.start's arguments by name, positional or named. */
+function startArguments(call: Ast): Map<string, Ast> {
+  const names = ['fut', 'label', 'database', 'transaction_mode'];
+  const out = new Map<string, Ast>();
+  ((call.args ?? []) as Ast[]).forEach((a, i) => {
+    if (a.NamedArgExpr) out.set(a.NamedArgExpr.name as string, a.NamedArgExpr.arg as Ast);
+    else if (names[i]) out.set(names[i]!, a);
+  });
+  return out;
+}
+
+/** The statement is one SELECT of one df.start call and nothing else (no FROM, WHERE, ...). */
+function soleStartTarget(tree: Ast, call: Ast): { unnamed: boolean } | undefined {
+  const stmts = tree.stmts as Ast[] | undefined;
+  if (!stmts || stmts.length !== 1) return undefined;
+  const sel = stmts[0]!.stmt?.SelectStmt as Ast | undefined;
+  if (!sel || Object.keys(sel).some((k) => !['targetList', 'limitOption', 'op'].includes(k))) return undefined;
+  const targets = sel.targetList as Ast[];
+  if (targets.length !== 1 || targets[0]!.ResTarget?.val?.FuncCall !== call) return undefined;
+  return { unnamed: targets[0]!.ResTarget.name === undefined };
+}
+
+/** End (exclusive) of the call whose name starts at `callAt`: its closing parenthesis. */
+function callEnd(tokens: Token[], callAt: number): number | undefined {
+  let depth = 0;
+  for (const t of tokens) {
+    if (t.start < callAt) continue;
+    if (t.text === '(') depth++;
+    else if (t.text === ')' && --depth === 0) return t.end;
+  }
+  return undefined;
 }
 
 /** Compiles the df.start calls of one statement text; undefined when there is nothing to change. */
@@ -91,6 +148,7 @@ export function rewriteSql(sql: string): Rewritten | undefined {
   const bytes = Buffer.from(sql, 'utf8');
   const tokens = (scanSync(sql) as { tokens: Token[] }).tokens;
   const edits: Edit[] = [];
+  let newStart: NewStart | undefined;
   try {
     for (const call of calls) {
       const args = (call.args ?? []) as Ast[];
@@ -124,16 +182,32 @@ export function rewriteSql(sql: string): Rewritten | undefined {
       validate(graph, start, locate);
       const plain = fut.A_Const?.sval !== undefined;
       if (!plain) edits.push({ start, end: span.end, text: dollarQuote(graph) });
+      const byName = startArguments(call);
+      const mode = constant(byName.get('transaction_mode'));
+      if (typeof mode === 'string' && mode.toLowerCase() === 'new') {
+        const sole = soleStartTarget(tree, call);
+        const label = constant(byName.get('label'));
+        const database = constant(byName.get('database'));
+        const end = callEnd(tokens, call.location as number);
+        if (sole && label !== undefined && database !== undefined && end !== undefined) {
+          newStart = { graph, label, database, start: call.location as number, end, unnamed: sole.unnamed };
+        }
+      }
     }
   } catch (err) {
     if (err instanceof DslError) return { sql, error: err };
     throw err;
   }
+  if (newStart) return { sql, newStart };
   if (edits.length === 0) return undefined;
+  return { sql: applyEdits(bytes, edits) };
+}
+
+function applyEdits(bytes: Buffer, edits: Edit[]): string {
   edits.sort((a, b) => b.start - a.start);
   let out = bytes;
   for (const e of edits) out = Buffer.concat([out.subarray(0, e.start), Buffer.from(e.text, 'utf8'), out.subarray(e.end)]);
-  return { sql: out.toString('utf8') };
+  return out.toString('utf8');
 }
 
 /** 1-based character position of a byte offset, as PostgreSQL reports positions. */
@@ -141,12 +215,23 @@ export function charPosition(sql: string, byteOffset: number): number {
   return [...Buffer.from(sql, 'utf8').subarray(0, byteOffset).toString('utf8')].length + 1;
 }
 
+/**
+ * Starts a workflow outside the client's transaction, as pg_durable's
+ * transaction_mode => 'new' does: on a connection of its own, logged in as
+ * the session's role, committed at once. Resolves to the instance id;
+ * rejects with the server's error.
+ */
+export type StartElsewhere = (session: SessionInfo, start: { graph: string; label: string | null; database: string | null }) => Promise<string>;
+
 export class DslInterceptor implements StatementInterceptor {
   private seq = 0;
 
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly startElsewhere?: StartElsewhere,
+  ) {}
 
-  rewrite(message: Buffer, session: SessionInfo): Interception | undefined {
+  rewrite(message: Buffer, session: SessionInfo): Interception | undefined | Promise<Interception | undefined> {
     const type = message[0];
     let nameEnd = 5;
     let sqlStart = 5;
@@ -167,27 +252,52 @@ export class DslInterceptor implements StatementInterceptor {
       return undefined;
     }
     if (!r) return undefined;
-    let text = r.sql;
-    let error: Interception['error'];
+    const replace = (text: string, error?: Interception['error']): Interception => {
+      const body = Buffer.from(text, 'utf8');
+      const head = message.subarray(0, sqlStart);
+      const tail = message.subarray(sqlEnd); // the terminator, and Parse's parameter types
+      const out = Buffer.concat([head, body, tail]);
+      out.writeInt32BE(out.length - 1, 1);
+      return { message: out, error };
+    };
     if (r.error) {
-      const marker = `pg-durable-proxy:dsl-error:${++this.seq}`;
-      text = `DO $pgdp$BEGIN RAISE EXCEPTION '${marker}'; END$pgdp$`;
-      error = {
-        marker,
-        fields: {
-          severity: 'ERROR',
-          code: r.error.code,
-          message: r.error.message,
-          hint: r.error.hint,
-          position: r.error.at !== undefined ? charPosition(sql, r.error.at) : undefined,
-        },
-      };
+      return this.failWith(replace, {
+        severity: 'ERROR',
+        code: r.error.code,
+        message: r.error.message,
+        hint: r.error.hint,
+        position: r.error.at !== undefined ? charPosition(sql, r.error.at) : undefined,
+      });
     }
-    const body = Buffer.from(text, 'utf8');
-    const head = message.subarray(0, sqlStart);
-    const tail = message.subarray(sqlEnd); // the terminator, and Parse's parameter types
-    const out = Buffer.concat([head, body, tail]);
-    out.writeInt32BE(out.length - 1, 1);
-    return { message: out, error };
+    const ns = r.newStart;
+    if (ns) {
+      // Only a simple Query starts at once: a Parse may be executed many times, or never.
+      // Anything else reaches df.start, which explains why 'new' needs this form.
+      if (type !== 0x51 || !this.startElsewhere) return undefined;
+      if (session.transactionStatus === 'E') return undefined; // the server refuses the statement, and nothing starts
+      const bytes = Buffer.from(sql, 'utf8');
+      return this.startElsewhere(session, { graph: ns.graph, label: ns.label, database: ns.database }).then(
+        (id) => replace(applyEdits(bytes, [{ start: ns.start, end: ns.end, text: `'${id}'::text${ns.unnamed ? ' AS start' : ''}` }])),
+        (err: unknown) => {
+          const e = err as { code?: string; message?: string; detail?: string; hint?: string };
+          this.log.warn({ err: e.message, user: session.user }, "transaction_mode => 'new': the start failed");
+          return this.failWith(replace, {
+            severity: 'ERROR',
+            code: typeof e.code === 'string' && e.code.length === 5 ? e.code : '08006',
+            message: typeof e.code === 'string' ? String(e.message) : `df.start(): transaction_mode => 'new' could not open its own connection: ${e.message}`,
+            detail: e.detail,
+            hint: e.hint,
+            position: charPosition(sql, ns.start),
+          });
+        },
+      );
+    }
+    return replace(r.sql);
+  }
+
+  /** The statement becomes one the server fails with a marker; the session shows `fields` instead. */
+  private failWith(replace: (text: string, error?: Interception['error']) => Interception, fields: PgError): Interception {
+    const marker = `pg-durable-proxy:dsl-error:${++this.seq}`;
+    return replace(`DO $pgdp$BEGIN RAISE EXCEPTION '${marker}'; END$pgdp$`, { marker, fields });
   }
 }

@@ -4,6 +4,8 @@ import type pg from 'pg';
 
 /** Session settings of every step: the df.* guards know they run inside a workflow; dates in ISO. */
 const STEP_OPTIONS = '-c df.in_workflow=true -c datestyle=ISO,MDY -c intervalstyle=postgres';
+/** A transaction_mode => 'new' start: outside any workflow, bounded as pg_durable bounds its own. */
+const START_OPTIONS = '-c df.in_workflow=false -c lock_timeout=30s -c statement_timeout=30s';
 
 function withPath(url: string, database: string, user?: string): string {
   const u = new URL(url);
@@ -18,15 +20,19 @@ function withPath(url: string, database: string, user?: string): string {
 export interface Targets {
   control(database: string): pg.ClientConfig;
   step(database: string, role: string): pg.ClientConfig;
+  /** A login as `role` for df.start(..., transaction_mode => 'new'). */
+  start(database: string, role: string): pg.ClientConfig;
 }
 
 /** `executorUrl`: the executor's login. `step`: a socket directory (embedded, trust) or a URL template. */
 export function connectionTargets(executorUrl: string, step: { socketDir: string; port: number } | { url: string }): Targets {
+  const login = (database: string, role: string, options: string, application_name: string): pg.ClientConfig =>
+    'socketDir' in step
+      ? { host: step.socketDir, port: step.port, user: role, database, options, application_name }
+      : { connectionString: withPath(step.url, database, role), options, application_name };
   return {
     control: (database) => ({ connectionString: withPath(executorUrl, database), application_name: 'pg-durable-proxy executor' }),
-    step: (database, role) =>
-      'socketDir' in step
-        ? { host: step.socketDir, port: step.port, user: role, database, options: STEP_OPTIONS, application_name: 'pg-durable-proxy step' }
-        : { connectionString: withPath(step.url, database, role), options: STEP_OPTIONS, application_name: 'pg-durable-proxy step' },
+    step: (database, role) => login(database, role, STEP_OPTIONS, 'pg-durable-proxy step'),
+    start: (database, role) => login(database, role, START_OPTIONS, 'pg-durable-proxy new-transaction'),
   };
 }

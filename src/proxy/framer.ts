@@ -13,10 +13,16 @@ export type Classification = typeof PASS | typeof COLLECT;
 export interface FramerHandler {
   /** Called once per message, on its header. Throw a ProtocolViolation to reject. */
   classify(type: number, length: number): Classification;
-  /** A collected message, whole (header included). Return a replacement, or undefined to forward it. */
-  message(msg: Buffer): Buffer | undefined;
+  /**
+   * A collected message, whole (header included). Return a replacement, or
+   * undefined to forward it; or a promise of either, which holds back every
+   * later byte until it settles (a rejected promise forwards the message).
+   */
+  message(msg: Buffer): Buffer | undefined | Promise<Buffer | undefined>;
   /** Bytes to forward, in order. */
   write(bytes: Buffer): void;
+  /** What feeding held-back bytes threw, once a promised replacement settled. */
+  failed?(err: unknown): void;
 }
 
 /** A peer broke the protocol (or asked for what cannot work); the session ends with FATAL and this SQLSTATE. */
@@ -38,6 +44,8 @@ export class Framer {
   /** The message being collected across chunks, and how much of it is filled. */
   private collecting: Buffer | undefined;
   private filled = 0;
+  /** Chunks that arrived while a promised replacement was pending (defined only then). */
+  private held: Buffer[] | undefined;
 
   constructor(
     private readonly handler: FramerHandler,
@@ -46,10 +54,14 @@ export class Framer {
 
   /** True between messages: nothing of a message has been seen or forwarded half-way. */
   get atBoundary(): boolean {
-    return this.remaining === 0 && this.headerLen === 0 && this.collecting === undefined;
+    return this.remaining === 0 && this.headerLen === 0 && this.collecting === undefined && this.held === undefined;
   }
 
   feed(chunk: Buffer): void {
+    if (this.held) {
+      this.held.push(chunk);
+      return;
+    }
     const h = this.handler;
     const end = chunk.length;
     let pos = 0;
@@ -71,7 +83,9 @@ export class Framer {
         flushFrom = pos;
         if (this.filled === buf.length) {
           this.collecting = undefined;
-          h.write(h.message(buf) ?? buf);
+          const r = h.message(buf);
+          if (r instanceof Promise) return this.hold(r, buf, chunk.subarray(pos));
+          h.write(r ?? buf);
         }
         continue;
       }
@@ -118,6 +132,10 @@ export class Framer {
       if (msgStart >= 0 && end - pos >= bodyLen) {
         const msgEnd = pos + bodyLen;
         const replacement = h.message(chunk.subarray(msgStart, msgEnd));
+        if (replacement instanceof Promise) {
+          if (msgStart > flushFrom) h.write(chunk.subarray(flushFrom, msgStart));
+          return this.hold(replacement, chunk.subarray(msgStart, msgEnd), chunk.subarray(msgEnd));
+        }
         if (replacement !== undefined) {
           if (msgStart > flushFrom) h.write(chunk.subarray(flushFrom, msgStart));
           h.write(replacement);
@@ -135,10 +153,29 @@ export class Framer {
       flushFrom = pos;
       if (bodyLen === 0) {
         this.collecting = undefined;
-        h.write(h.message(buf) ?? buf);
+        const r = h.message(buf);
+        if (r instanceof Promise) return this.hold(r, buf, chunk.subarray(pos));
+        h.write(r ?? buf);
       }
     }
 
     if (flushFrom < end) h.write(flushFrom === 0 ? chunk : chunk.subarray(flushFrom));
+  }
+
+  /** Holds back `rest` and all that follows until `pending` gives the message to write in place of `msg`. */
+  private hold(pending: Promise<Buffer | undefined>, msg: Buffer, rest: Buffer): void {
+    const original = Buffer.from(msg); // the chunk it lies in may be reused by the time we write
+    this.held = rest.length > 0 ? [Buffer.from(rest)] : [];
+    const resume = (replacement: Buffer | undefined): void => {
+      const chunks = this.held!;
+      this.held = undefined;
+      try {
+        this.handler.write(replacement ?? original);
+        for (const c of chunks) this.feed(c); // a new hold queues the chunks after it again
+      } catch (err) {
+        this.handler.failed?.(err);
+      }
+    };
+    pending.then(resume, () => resume(undefined));
   }
 }

@@ -7,6 +7,8 @@ import type { PgError } from './protocol.js';
 export interface SessionInfo {
   readonly user: string;
   readonly database: string;
+  /** From the last ReadyForQuery: I idle, T in a transaction block, E in a failed one. */
+  readonly transactionStatus: 'I' | 'T' | 'E';
 }
 
 export interface Interception {
@@ -23,7 +25,8 @@ export interface Interception {
 export interface StatementInterceptor {
   /**
    * A whole Query ('Q') or Parse ('P') message, header included; undefined
-   * forwards it unchanged.
+   * forwards it unchanged. A promise holds the client's later messages back
+   * until it settles (for work done elsewhere first); it must not reject.
    */
-  rewrite(message: Buffer, session: SessionInfo): Interception | undefined;
+  rewrite(message: Buffer, session: SessionInfo): Interception | undefined | Promise<Interception | undefined>;
 }

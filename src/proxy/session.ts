@@ -3,7 +3,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { COLLECT, Framer, PASS, ProtocolViolation, type Classification, type FramerHandler } from './framer.js';
-import type { SessionInfo, StatementInterceptor } from './intercept.js';
+import type { Interception, SessionInfo, StatementInterceptor } from './intercept.js';
 import {
   AUTH_SASL,
   CANCEL_REQUEST,
@@ -71,6 +71,11 @@ export class Session implements SessionInfo {
   private unsynced = false;
   /** Transaction status from the last ReadyForQuery: I, T or E. */
   private txStatus = 0x49;
+
+  /** For interceptors: the transaction status the client last saw (I idle, T in a transaction, E failed). */
+  get transactionStatus(): 'I' | 'T' | 'E' {
+    return String.fromCharCode(this.txStatus) as 'I' | 'T' | 'E';
+  }
   private serverSentFatal = false;
   /** The server asked for SASL and the client's first response has not been seen yet. */
   private saslInitialDue = false;
@@ -195,18 +200,31 @@ export class Session implements SessionInfo {
 
   // ---- relay
 
+  private intercepted(r: Interception): Buffer {
+    if (r.error) {
+      this.pendingErrors.set(r.error.marker, r.error.fields);
+      // A marker the server never reached (an aborted transaction answers first) is forgotten eventually.
+      if (this.pendingErrors.size > 100) this.pendingErrors.delete(this.pendingErrors.keys().next().value!);
+    }
+    return r.message;
+  }
+
   private fromClient(chunk: Buffer): void {
     this.bytesIn += chunk.length;
     this.ctx.stats.bytesFromClients += chunk.length;
     try {
       this.clientFramer!.feed(chunk);
     } catch (err) {
-      if (!(err instanceof ProtocolViolation)) throw err;
-      this.ctx.stats.protocolErrors++;
-      this.closeReason = `protocol violation: ${err.message}`;
-      this.log.warn({ reason: err.message }, 'protocol violation from client');
-      this.fatal({ severity: 'FATAL', code: err.code, message: err.message, ...err.more });
+      this.clientStreamFailed(err);
     }
+  }
+
+  private clientStreamFailed(err: unknown): void {
+    if (!(err instanceof ProtocolViolation)) throw err;
+    this.ctx.stats.protocolErrors++;
+    this.closeReason = `protocol violation: ${err.message}`;
+    this.log.warn({ reason: err.message }, 'protocol violation from client');
+    this.fatal({ severity: 'FATAL', code: err.code, message: err.message, ...err.more });
   }
 
   private fromServer(chunk: Buffer): void {
@@ -256,7 +274,7 @@ export class Session implements SessionInfo {
             return PASS;
         }
       },
-      message: (msg: Buffer): Buffer | undefined => {
+      message: (msg: Buffer): Buffer | undefined | Promise<Buffer | undefined> => {
         if (msg[0] === 0x70) {
           this.saslInitialDue = false;
           if (this.server instanceof tls.TLSSocket && saslClaimsNoServerBinding(msg)) {
@@ -272,16 +290,19 @@ export class Session implements SessionInfo {
         stats.dfStatements++;
         const r = this.ctx.interceptor?.rewrite(msg, this);
         if (!r) return undefined;
-        if (r.error) {
-          this.pendingErrors.set(r.error.marker, r.error.fields);
-          // A marker the server never reached (an aborted transaction answers first) is forgotten eventually.
-          if (this.pendingErrors.size > 100) this.pendingErrors.delete(this.pendingErrors.keys().next().value!);
-        }
-        return r.message;
+        if (!(r instanceof Promise)) return this.intercepted(r);
+        // The interceptor works elsewhere first (a start on its own connection): the client waits.
+        this.client.pause();
+        return r
+          .then((i) => (i ? this.intercepted(i) : undefined))
+          .finally(() => {
+            if (this.state !== 'closed') this.client.resume();
+          });
       },
       write: (bytes: Buffer): void => {
         if (!this.server!.write(bytes)) this.client.pause();
       },
+      failed: (err: unknown): void => this.clientStreamFailed(err),
     };
   }
 

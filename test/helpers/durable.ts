@@ -3,6 +3,7 @@
 import pg from 'pg';
 import { pino } from 'pino';
 import { EXECUTOR_DEFAULTS, Executor, type ExecutorOptions } from '../../src/engine/executor.js';
+import { startInOwnTransaction } from '../../src/engine/start.js';
 import { connectionTargets } from '../../src/engine/targets.js';
 import { DslInterceptor, loadDslParser } from '../../src/dsl/interceptor.js';
 import { env, startProxy, type RunningProxy } from './proxy.js';
@@ -67,7 +68,10 @@ export async function startDurable(database: string, over: Partial<ExecutorOptio
   const p = await startProxy({
     upstreamUrl: dbUrl(env().adminUrl, database),
     prepareDatabase: (db) => executor.prepare(db),
-    interceptor: new DslInterceptor(pino({ level: 'silent' })),
+    interceptor: new DslInterceptor(
+      pino({ level: 'silent' }),
+      startInOwnTransaction(connectionTargets(dbUrl(env().adminUrl, database), { socketDir: env().socketDir, port: env().pgPort }).start),
+    ),
   });
   const clients: pg.Client[] = [];
   const open = async (url: string): Promise<pg.Client> => {

@@ -278,3 +278,44 @@ describe('identity and isolation', () => {
     await expect(nobody.query(`SELECT df.start('SELECT 1')`)).rejects.toThrow(/permission denied for schema df/);
   });
 });
+
+describe("transaction_mode => 'new'", () => {
+  it('starts in a transaction of its own, as the session role: it survives the caller rollback', async () => {
+    await createRoles(['pgdp_carol']);
+    await admin.query(`SELECT df.grant_usage('pgdp_carol')`);
+    await admin.query('GRANT ALL ON log TO pgdp_carol');
+    const carol = await d.connect('pgdp_carol', 'pgdp_carol-pw');
+    await carol.query('BEGIN');
+    const { rows, fields } = await carol.query(`SELECT df.start('INSERT INTO log VALUES (''new mode'')', 'own', transaction_mode => 'new')`);
+    await carol.query('ROLLBACK');
+    expect(fields.map((f) => f.name)).toEqual(['start']);
+    const id = rows[0].start as string;
+    expect(id).toMatch(/^[0-9a-f]{8}$/);
+    expect((await carol.query('SELECT df.await_instance($1) AS s', [id])).rows[0].s).toBe('completed');
+    const inst = await admin.query('SELECT label, submitted_by::text AS who FROM df.instances WHERE id = $1', [id]);
+    expect(inst.rows).toEqual([{ label: 'own', who: 'pgdp_carol' }]);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'new mode'`)).rows[0].n).toBe(1);
+  });
+
+  it('keeps an alias; in a failed transaction nothing starts', async () => {
+    const named = await admin.query(`SELECT df.start('SELECT 1' ~> 'SELECT 2', transaction_mode => 'NEW') AS id`);
+    expect((await admin.query('SELECT df.await_instance($1) AS s', [named.rows[0].id])).rows[0].s).toBe('completed');
+    const before = (await admin.query('SELECT count(*)::int AS n FROM df.instances')).rows[0].n;
+    await admin.query('BEGIN');
+    await expect(admin.query('SELECT 1/0')).rejects.toThrow();
+    await expect(admin.query(`SELECT df.start('SELECT 1', transaction_mode => 'new')`)).rejects.toMatchObject({ code: '25P02' });
+    await admin.query('ROLLBACK');
+    expect((await admin.query('SELECT count(*)::int AS n FROM df.instances')).rows[0].n).toBe(before);
+  });
+
+  it("a failed start reports the server's error at df.start; forms the proxy cannot start at once say why", async () => {
+    const sql = `SELECT df.start('SELECT 1', database => 'no_such_db', transaction_mode => 'new')`;
+    await expect(admin.query(sql)).rejects.toMatchObject({ code: '3D000', message: 'database "no_such_db" does not exist', position: '8' });
+    // Bind parameters (a Parse may run many times) and statements with more than the call are left to df.start.
+    await expect(admin.query(`SELECT df.start($1, transaction_mode => 'new')`, ['SELECT 1'])).rejects.toMatchObject({
+      code: '0A000',
+      hint: expect.stringContaining('as a simple query without bind parameters'),
+    });
+    await expect(admin.query(`SELECT df.start('SELECT 1', transaction_mode => 'new') FROM generate_series(1, 2)`)).rejects.toMatchObject({ code: '0A000' });
+  });
+});

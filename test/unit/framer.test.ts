@@ -1,5 +1,5 @@
 // The framer must give the same output however the stream is cut into chunks.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { COLLECT, Framer, PASS, ProtocolViolation } from '../../src/proxy/framer.js';
 import { seededRandom } from '../helpers/wait.js';
 
@@ -79,6 +79,51 @@ describe('Framer', () => {
       const { out, collected } = run(stream, cuts);
       expect(collected).toEqual(texts);
       expect(out.equals(want)).toBe(true);
+    }
+  });
+
+  it('a promised replacement holds back everything after it, under random chunkings, and keeps the order', async () => {
+    const rnd = seededRandom(7);
+    const msgs: Buffer[] = [];
+    const expected: Buffer[] = [];
+    for (let i = 0; i < 60; i++) {
+      const kind = rnd();
+      if (kind < 0.4) {
+        const text = (kind < 0.15 ? 'later ' : kind < 0.25 ? 'fails ' : 'select ') + 'y'.repeat(Math.floor(rnd() * 30)) + i;
+        msgs.push(message('Q', Buffer.from(text, 'latin1')));
+        expected.push(text.startsWith('later') ? message('Q', Buffer.from('settled:' + text)) : msgs[msgs.length - 1]!);
+      } else {
+        msgs.push(message('d', Buffer.from(Array.from({ length: Math.floor(rnd() * 300) }, () => Math.floor(rnd() * 256)))));
+        expected.push(msgs[msgs.length - 1]!);
+      }
+    }
+    const stream = Buffer.concat(msgs);
+    const want = Buffer.concat(expected);
+    for (let trial = 0; trial < 50; trial++) {
+      const written: Buffer[] = [];
+      const f = new Framer(
+        {
+          classify: (type) => (type === 0x51 ? COLLECT : PASS),
+          message: (msg) => {
+            const text = msg.toString('latin1', 5);
+            const wait = new Promise<void>((r) => (rnd() < 0.5 ? setImmediate(r) : queueMicrotask(r)));
+            if (text.startsWith('later')) return wait.then(() => message('Q', Buffer.from('settled:' + text)));
+            if (text.startsWith('fails')) return wait.then(() => Promise.reject(new Error('forward it as it was')));
+            return undefined;
+          },
+          write: (b) => written.push(Buffer.from(b)),
+        },
+        1 << 30,
+      );
+      let at = 0;
+      while (at < stream.length) {
+        const next = Math.min(stream.length, at + 1 + Math.floor(rnd() * (trial % 2 ? 8 : 700)));
+        f.feed(stream.subarray(at, next));
+        at = next;
+        if (rnd() < 0.2) await new Promise((r) => setImmediate(r));
+      }
+      await vi.waitFor(() => expect(f.atBoundary).toBe(true));
+      expect(Buffer.concat(written).equals(want)).toBe(true);
     }
   });
 
