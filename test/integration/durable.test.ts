@@ -107,6 +107,17 @@ describe('failures', () => {
     expect(r.output).toBe('$e has no rows — query returned zero results');
   });
 
+  it('a failing write fails its step; the next workflow runs on the same connections as if nothing happened', async () => {
+    const r = await runWorkflow(admin, `df.start('INSERT INTO no_such_table VALUES (1)' ~> 'INSERT INTO log VALUES (''after failed insert'')')`);
+    expect(r.output).toBe('relation "no_such_table" does not exist (SQLSTATE 42P01)');
+    for (let i = 0; i < 12; i++) {
+      // more workflows than step connections: every pooled connection is reused
+      const ok = await runWorkflow(admin, `df.start('INSERT INTO log VALUES (''reused'')' ~> 'SELECT count(*)::int AS n FROM log WHERE step = ''reused''')`);
+      expect(ok.result).toEqual({ rows: [{ n: i + 1 }], row_count: 1 });
+    }
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'after failed insert'`)).rows[0].n).toBe(0);
+  });
+
   it('fails the step when its own COMMIT fails (a deferred constraint), and nothing of it stays', async () => {
     await admin.query(`CREATE TABLE parent (id int PRIMARY KEY);
       CREATE TABLE child (parent int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)`);
@@ -137,10 +148,26 @@ describe('branches', () => {
   });
 
   it('JOIN branches run concurrently', async () => {
-    const started = Date.now();
-    const r = await runWorkflow(admin, `df.start('SELECT pg_sleep(1)' & 'SELECT pg_sleep(1)' & 'SELECT pg_sleep(1)')`);
+    const branch = `'SELECT clock_timestamp() AS began, pg_sleep(0.5)::text AS slept, clock_timestamp() AS ended'`;
+    const r = await runWorkflow(admin, `df.start(${branch} & ${branch} & ${branch})`);
     expect(r.status).toBe('completed');
-    expect(Date.now() - started).toBeLessThan(2900); // three 1 s sleeps, not one after another
+    // Every branch began before any ended: they overlapped, not one after another.
+    const rows = (r.result as unknown[]).flat(2).map((b) => (b as { rows: { began: string; ended: string }[] }).rows[0]!); // (a & b) & c nests
+    const lastBegan = Math.max(...rows.map((b) => Date.parse(b.began)));
+    const firstEnded = Math.min(...rows.map((b) => Date.parse(b.ended)));
+    expect(lastBegan).toBeLessThan(firstEnded);
+  });
+
+  it('a RACE loser that writes without RETURNING (sent with its checkpoint in one round trip) is cancelled and leaves nothing', async () => {
+    const r = await runWorkflow(admin, `df.start('INSERT INTO log SELECT ''slow insert'' FROM pg_sleep(30)' | 'SELECT ''fast'' AS w')`);
+    expect(r.result).toEqual({ rows: [{ w: 'fast' }], row_count: 1 });
+    await eventually(
+      async () => (await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE 'INSERT INTO log SELECT%'`)).rows[0].n === 0,
+      'the loser to be cancelled',
+    );
+    expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'slow insert'`)).rows[0].n).toBe(0);
+    const loser = await admin.query(`SELECT status FROM df.nodes WHERE instance_id = $1 AND node_type = 'SQL' AND query LIKE 'INSERT%'`, [r.id]);
+    expect(loser.rows[0].status).not.toBe('completed');
   });
 
   it('RACE returns the first branch to finish and stops the loser: its statement is cancelled, its later steps never run', async () => {
@@ -196,12 +223,17 @@ describe('loops and timers', () => {
   });
 
   it('df.sleep waits durably and records its deadline', async () => {
-    const started = Date.now();
-    const r = await runWorkflow(admin, `df.start(df.sleep(1) ~> 'SELECT 1 AS after')`);
-    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
-    expect(r.result).toEqual({ rows: [{ after: 1 }], row_count: 1 });
-    const s = await admin.query(`SELECT result, wake_at IS NOT NULL AS has_deadline FROM df.nodes WHERE instance_id = $1 AND node_type = 'SLEEP'`, [r.id]);
-    expect(s.rows[0]).toEqual({ result: { slept: true, seconds: 1 }, has_deadline: true });
+    const r = await runWorkflow(
+      admin,
+      `df.start(df.sleep(1) ~> 'SELECT clock_timestamp() - created_at >= interval ''1 second'' AS waited FROM df.instances WHERE id = ''{sys_instance_id}''')`,
+    );
+    expect(r.result).toEqual({ rows: [{ waited: true }], row_count: 1 });
+    const s = await admin.query(
+      `SELECT n.result, n.wake_at >= i.created_at + interval '1 second' AS deadline_set FROM df.nodes n JOIN df.instances i ON i.id = n.instance_id
+        WHERE n.instance_id = $1 AND n.node_type = 'SLEEP'`,
+      [r.id],
+    );
+    expect(s.rows[0]).toEqual({ result: { slept: true, seconds: 1 }, deadline_set: true });
   });
 });
 
