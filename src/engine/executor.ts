@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { buildGraph, GraphError, type Node } from './graph.js';
 import { Aborted, delay, runInstance, type Effects } from './interpreter.js';
 import { migrate } from './migrate.js';
-import { loadParser, runSqlStep, stepErrorText } from './steps.js';
+import { loadParser, releaseClean, runSqlStep, stepErrorText } from './steps.js';
 import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
 
@@ -342,7 +342,8 @@ class DatabaseWorker {
           if ((err as { code?: string }).code === '40001' && !(err instanceof StepError)) throw new LostRun(id);
           throw err;
         } finally {
-          client.release(discard);
+          if (discard) client.release(true);
+          else releaseClean(client, sql);
         }
       },
       record: (node, status, stamp, raw) => store.record({ instanceId: id, nodeId: node.id, status, stamp, raw }),

@@ -26,9 +26,11 @@ export interface StepKind {
   ownTransaction: boolean;
   /** It returns no rows (DML without RETURNING, common DDL): its result is known before it runs. */
   noRows: boolean;
+  /** It cannot leave session state behind (plain DML or SELECT calling only built-ins): no DISCARD ALL after it. */
+  sessionClean: boolean;
 }
 
-const TRANSACTIONAL: StepKind = { ownTransaction: false, noRows: false };
+const TRANSACTIONAL: StepKind = { ownTransaction: false, noRows: false, sessionClean: false };
 const kinds = new Map<string, StepKind>();
 
 /**
@@ -59,7 +61,56 @@ function classify(sql: string): StepKind {
   const stmt = stmts[0]!.stmt ?? {};
   const [kind] = Object.keys(stmt);
   const body = (kind ? stmt[kind] : {}) as ParseNode;
-  return { ownTransaction: refusedInTransaction(kind, body), noRows: returnsNoRows(kind, body) };
+  return { ownTransaction: refusedInTransaction(kind, body), noRows: returnsNoRows(kind, body), sessionClean: leavesNoSessionState(kind, body) };
+}
+
+/** Built-in functions that change no session state, callable unqualified or as pg_catalog.*. */
+const PURE_FUNCTIONS = new Set([
+  'count', 'sum', 'avg', 'min', 'max', 'bool_and', 'bool_or', 'every', 'array_agg', 'string_agg', 'json_agg', 'jsonb_agg',
+  'json_object_agg', 'jsonb_object_agg', 'row_number', 'rank', 'dense_rank', 'lag', 'lead', 'first_value', 'last_value',
+  'now', 'clock_timestamp', 'statement_timestamp', 'transaction_timestamp', 'timeofday', 'date_trunc', 'date_part', 'extract',
+  'age', 'make_interval', 'make_date', 'make_timestamp', 'make_timestamptz', 'to_timestamp', 'to_char', 'to_date', 'to_number',
+  'lower', 'upper', 'length', 'char_length', 'octet_length', 'substr', 'substring', 'replace', 'split_part', 'btrim', 'ltrim',
+  'rtrim', 'concat', 'concat_ws', 'format', 'left', 'right', 'lpad', 'rpad', 'position', 'strpos', 'starts_with', 'md5', 'sha256',
+  'encode', 'decode', 'regexp_replace', 'regexp_match', 'regexp_matches', 'regexp_split_to_array', 'string_to_array', 'array_to_string',
+  'abs', 'round', 'trunc', 'ceil', 'ceiling', 'floor', 'mod', 'power', 'sqrt', 'random', 'gen_random_uuid', 'greatest', 'least',
+  'to_json', 'to_jsonb', 'json_build_object', 'jsonb_build_object', 'json_build_array', 'jsonb_build_array', 'jsonb_set',
+  'jsonb_array_elements', 'jsonb_array_elements_text', 'json_array_elements', 'jsonb_each', 'jsonb_each_text', 'jsonb_object_keys',
+  'jsonb_array_length', 'jsonb_typeof', 'jsonb_strip_nulls', 'row_to_json', 'array_length', 'cardinality', 'unnest',
+  'generate_series', 'array_append', 'array_cat', 'array_remove', 'coalesce', 'nullif',
+]);
+
+/**
+ * Whether a statement provably leaves no session state (SET, PREPARE, LISTEN,
+ * TEMP tables, session advisory locks, ...) on its connection: a SELECT or
+ * DML statement whose function calls are all known built-ins. Triggers,
+ * defaults and rules it fires are taken on trust.
+ */
+function leavesNoSessionState(kind: string | undefined, body: ParseNode): boolean {
+  switch (kind) {
+    case 'SelectStmt':
+      return body.intoClause === undefined && callsOnlyPureFunctions(body);
+    case 'InsertStmt':
+    case 'UpdateStmt':
+    case 'DeleteStmt':
+    case 'MergeStmt':
+      return callsOnlyPureFunctions(body);
+    default:
+      return false;
+  }
+}
+
+function callsOnlyPureFunctions(n: unknown): boolean {
+  if (Array.isArray(n)) return n.every(callsOnlyPureFunctions);
+  if (n === null || typeof n !== 'object') return true;
+  const o = n as ParseNode;
+  const call = o.FuncCall as { funcname?: { String?: { sval?: string } }[] } | undefined;
+  if (call) {
+    const names = (call.funcname ?? []).map((p) => p.String?.sval ?? '');
+    const fn = names[names.length - 1] ?? '';
+    if (!PURE_FUNCTIONS.has(fn) || (names.length === 2 && names[0] !== 'pg_catalog') || names.length > 2) return false;
+  }
+  return Object.values(o).every(callsOnlyPureFunctions);
 }
 
 /**
@@ -295,6 +346,25 @@ class AtomicStep {
   handlePortalSuspended(): void {}
 }
 
+/**
+ * Gives a step connection back with no session state left: what a step SET,
+ * PREPAREd, LISTENed to, locked for the session or made TEMP does not reach
+ * the next step on it (pg_durable opens a new connection per step). Unless
+ * the parser shows the statement cannot have left any, a DISCARD ALL runs
+ * after the step has finished, off its path; the connection returns to the
+ * pool once it is clean.
+ */
+export function releaseClean(client: pg.PoolClient, sql: string): void {
+  if (stepKind(sql).sessionClean) return client.release();
+  client.query('DISCARD ALL').then(
+    () => {
+      prepared.delete((client as unknown as { connection: object }).connection); // DISCARD ALL deallocates it too
+      client.release();
+    },
+    () => client.release(true),
+  );
+}
+
 function write(connection: WireConnection, parts: Buffer[]): void {
   if (connection.stream.writable) connection.stream.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
 }
@@ -330,6 +400,10 @@ export async function runSqlStep(
         if (err instanceof CheckpointError) {
           // Deferred constraints, serialization failures: the step's own transaction failed at COMMIT.
           if (err.phase === 'commit' && !isInfrastructureError(err.original)) throw new StepError(stepErrorText(err.original));
+          if (err.original.code === '26000') {
+            // Retrying would do the same again: the step's statement itself removed the checkpoint (DEALLOCATE).
+            throw new StepError(`the step deallocated the executor's prepared checkpoint, so it cannot commit: ${stepErrorText(err.original)}`);
+          }
           throw err.original; // the checkpoint itself failed (40001: the run is no longer ours); nothing committed
         }
         throw stepFailure(err);

@@ -118,6 +118,30 @@ describe('failures', () => {
     expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'after failed insert'`)).rows[0].n).toBe(0);
   });
 
+  it('no session state survives a step: SET, TEMP tables and PREPAREd statements do not reach later steps', async () => {
+    const dirty = await runWorkflow(
+      admin,
+      `df.start('SET datestyle = ''German''' ~> 'CREATE TEMP TABLE leak (a int)' ~> 'PREPARE leak AS SELECT 1' ~> 'SELECT set_config(''search_path'', ''nowhere'', false)')`,
+    );
+    expect(dirty.status).toBe('completed');
+    for (let i = 0; i < 12; i++) {
+      // more workflows than step connections: every pooled connection is looked at
+      const r = await runWorkflow(
+        admin,
+        `df.start($$SELECT current_setting('datestyle') AS ds, current_setting('df.in_workflow') AS w, current_setting('search_path') AS sp,
+                   to_regclass('pg_temp.leak') IS NULL AS no_temp, (SELECT count(*) FROM pg_prepared_statements WHERE name = 'leak')::int AS prepared$$)`,
+      );
+      expect(r.result).toEqual({ rows: [{ ds: 'ISO, MDY', w: 'true', sp: '"$user", public', no_temp: true, prepared: 0 }], row_count: 1 });
+    }
+  });
+
+  it('a step that deallocates prepared statements fails with a clear error instead of retrying', async () => {
+    // The pool hands the last connection back first: the second step finds the checkpoint prepared by the first.
+    const r = await runWorkflow(admin, `df.start('SELECT 1' ~> 'DEALLOCATE ALL')`);
+    expect(r.status).toBe('failed');
+    expect(r.output).toMatch(/^the step deallocated the executor's prepared checkpoint, so it cannot commit: .*\(SQLSTATE 26000\)$/);
+  });
+
   it('fails the step when its own COMMIT fails (a deferred constraint), and nothing of it stays', async () => {
     await admin.query(`CREATE TABLE parent (id int PRIMARY KEY);
       CREATE TABLE child (parent int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)`);
