@@ -8,7 +8,8 @@ import type { Logger } from 'pino';
 import { buildGraph, GraphError, type Node } from './graph.js';
 import { Aborted, delay, runInstance, type Effects } from './interpreter.js';
 import { migrate } from './migrate.js';
-import { loadParser, releaseClean, runSqlStep, stepErrorText } from './steps.js';
+import { loadParser } from './statement-kind.js';
+import { releaseClean, runSqlStep, stepErrorText } from './steps.js';
 import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
 

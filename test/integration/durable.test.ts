@@ -68,6 +68,10 @@ describe('sequences and results', () => {
       { result_name: 'ruled', result: { rows: [], row_count: 0 } },
     ]);
     expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'no rows'`)).rows[0].n).toBe(1);
+    // With RETURNING the rows are the result, and the checkpoint stores them.
+    const ret = await runWorkflow(admin, `df.start('INSERT INTO log (step) VALUES (''returned'') RETURNING step')`);
+    const stored = await admin.query(`SELECT result FROM df.nodes WHERE instance_id = $1 AND node_type = 'SQL'`, [ret.id]);
+    expect(stored.rows[0].result).toEqual({ rows: [{ step: 'returned' }], row_count: 1 });
   });
 
   it('substitutes variables snapshotted at start, and the instance id and label', async () => {
