@@ -12,6 +12,7 @@ import { loadParser } from './statement-kind.js';
 import { releaseClean, runSqlStep, stepErrorText } from './steps.js';
 import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
+import { VERSION } from '../version.js';
 
 export interface ExecutorOptions {
   /** The executor's own connection to a database (owner of the df schema, or superuser). */
@@ -164,9 +165,9 @@ class DatabaseWorker {
         const applied = await migrate(client);
         if (applied.length) opts.log.info({ database, versions: applied }, 'df schema installed');
         await client.query(
-          `INSERT INTO df.settings (name, value) VALUES ('allow_superuser_instances', $1)
+          `INSERT INTO df.settings (name, value) VALUES ('allow_superuser_instances', $1), ('proxy_version', $2)
            ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`,
-          [String(opts.allowSuperuserInstances)],
+          [String(opts.allowSuperuserInstances), VERSION],
         );
       } finally {
         client.release();
