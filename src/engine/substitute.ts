@@ -87,7 +87,7 @@ export function substituteResults(text: string, results: ReadonlyMap<string, str
     }
     const replaced = extract(m, results.get(m.name)!, mode);
     if (replaced === undefined) {
-      out += text.slice(d, m.end); // a missing column in SQL mode: PostgreSQL reports it
+      out += text.slice(d, m.end); // a missing column: in SQL mode PostgreSQL reports it
     } else {
       out += replaced;
     }
@@ -147,7 +147,7 @@ function extract(ref: Ref, raw: string, mode: Mode): string | undefined {
       value = k === undefined ? null : first[k]!;
     } else {
       if (!Object.hasOwn(first, ref.col)) {
-        if (mode === 'sql') return undefined;
+        if (mode === 'sql' || ref.nullSafe) return undefined;
         throw new StepError(`${label}: result '${ref.name}' has no field '${ref.col}' (available: ${Object.keys(first).join(', ')})`);
       }
       value = first[ref.col]!;
@@ -179,7 +179,8 @@ export function truthy(raw: string): boolean {
     if (first === undefined) return false;
     if (isObject(first)) {
       const k = Object.keys(first)[0];
-      if (k !== undefined) return truthyValue(first[k]!);
+      // A row without columns: the whole result decides (a non-empty object: true).
+      return k !== undefined ? truthyValue(first[k]!) : truthyValue(v);
     }
     return truthyValue(first);
   }
