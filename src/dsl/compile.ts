@@ -31,9 +31,12 @@ const OPTIONAL: Record<string, number> = { loop: 1, break: 1 };
 
 /** df functions that are not DSL constructors: evaluated by PostgreSQL, so the expression is left alone. */
 const OTHER_DF = new Set([
-  'start', 'status', 'result', 'await_instance', 'wait_for_completion', 'cancel', 'list_instances', 'instance_nodes',
-  'setvar', 'getvar', 'unsetvar', 'clearvars', 'grant_usage', 'revoke_usage', 'as_op', 'if_then_op', 'if_else_op', 'loop_prefix_op',
+  'start', 'status', 'result', 'cancel', 'list_instances', 'instance_nodes', 'instance_info', 'instance_executions', 'metrics',
+  'getvar', 'grant_usage', 'revoke_usage', 'version', 'target_database', 'duroxide_schema', 'run',
+  'as_op', 'if_then_op', 'if_else_op', 'loop_prefix_op',
 ]);
+/** df functions whose answer ('OK', a status) is never a step: a call in a workflow is a mistake (pg_durable refuses it too). */
+const NOT_A_STEP = new Set(['setvar', 'unsetvar', 'clearvars', 'await_instance', 'wait_for_completion']);
 /** Parts of pg_durable's language that arrive with a later release. */
 const LATER = new Set(['wait_for_signal', 'signal', 'wait_schedule', 'http', 'http_multipart', 'cron', 'schedule']);
 
@@ -115,6 +118,9 @@ function call(f: Ast, steps: StepSources): string | null {
   const fn = name[1]!;
   const at = f.location as number;
   if (OTHER_DF.has(fn)) throw new NotCompilable();
+  if (NOT_A_STEP.has(fn)) {
+    throw new DslError(`df.${fn}() cannot be used as a workflow step. Call df.${fn}() before df.start().`, '42601', at);
+  }
   if (LATER.has(fn)) {
     throw new DslError(`df.${fn} is not supported by this version of pg-durable-proxy`, '0A000', at,
       'Signals, schedules and HTTP steps arrive in a later release.');

@@ -122,6 +122,8 @@ describe('errors at df.start, with SQLSTATE and position', () => {
     [`SELECT df.start(df.seq('SELECT 1'))`, '42883', /df.seq: wrong arguments; expected df.seq\(a, b\)/, 'df.seq('],
     [`SELECT df.start('SELECT 1; SELECT 2')`, '42601', /holds 2 statements; a step runs exactly one/, "'SELECT 1;"],
     [`SELECT df.start('SELECT 1' ?> 'SELECT 2')`, '42601', /unfinished if: \?> needs its !> else branch/, "'SELECT 1' ?>"],
+    [`SELECT df.start('SELECT 1' ~> df.setvar('k', 'v'))`, '42601', /^df\.setvar\(\) cannot be used as a workflow step\. Call df\.setvar\(\) before df\.start\(\)\.$/, 'df.setvar('],
+    [`SELECT df.start(df.await_instance('0badf00d'))`, '42601', /^df\.await_instance\(\) cannot be used as a workflow step/, 'df.await_instance('],
   ];
 
   for (const [stmt, code, message, at] of cases) {
