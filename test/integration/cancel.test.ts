@@ -42,15 +42,13 @@ describe('query cancellation', () => {
     const c = new pg.Client({ connectionString: url });
     await c.connect();
     const pid = (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
-    const started = Date.now();
     const q = c.query('SELECT pg_sleep(30)');
     await sleeping(admin, pid);
     // node-postgres's own cancel: a new connection carrying the key the proxy issued.
     const canceller = new pg.Client({ connectionString: url }) as unknown as { cancel(c: pg.Client, q: unknown): void };
     canceller.cancel(c, (c as unknown as { activeQuery: unknown }).activeQuery);
+    // 57014 "due to user request" is the cancel itself: a sleep left alone would succeed.
     await expect(q).rejects.toMatchObject({ code: '57014', message: 'canceling statement due to user request' });
-    // A generous bound: without the cancel the statement would run for 30 s.
-    expect(Date.now() - started).toBeLessThan(10_000);
     expect((await c.query<{ n: number }>('SELECT 1 AS n')).rows).toEqual([{ n: 1 }]);
     await c.end();
   });
