@@ -36,6 +36,15 @@ function registry(stats: ProxyStats): Registry {
   counter('pgdp_protocol_errors_total', 'Client sessions closed for a protocol violation', () => stats.protocolErrors);
   counter('pgdp_df_statements_total', 'Statements that mention the df schema', () => stats.dfStatements);
   counter('pgdp_cancel_requests_total', 'Cancel requests received', () => stats.cancelRequests);
+  counter('pgdp_cancel_unknown_key_total', 'Cancel requests whose key matched no session', () => stats.cancelUnknownKey);
+  counter('pgdp_auth_failures_total', 'Logins the server refused (SQLSTATE class 28 during authentication)', () => stats.authFailures);
+  counter(
+    'pgdp_refused_messages_total',
+    'Client messages refused by the proxy (before authentication, too large, or malformed); each closed its connection',
+    () => stats.refusedMessages,
+  );
+  counter('pgdp_internal_errors_total', 'Sessions closed by an internal error of the proxy', () => stats.internalErrors);
+  counter('pgdp_log_lines_suppressed_total', 'Warnings left out of the log by the per-address rate limit', () => stats.logLinesSuppressed);
   counter('pgdp_upstream_connect_failures_total', 'Failed connections to the upstream', () => stats.upstreamConnectFailures);
   return reg;
 }

@@ -218,10 +218,13 @@ export function charPosition(sql: string, byteOffset: number): number {
 /**
  * Starts a workflow outside the client's transaction, as pg_durable's
  * transaction_mode => 'new' does: on a connection of its own, logged in as
- * the session's role, committed at once. Resolves to the instance id;
+ * the session's current role, committed at once. Resolves to the instance id;
  * rejects with the server's error.
  */
-export type StartElsewhere = (session: SessionInfo, start: { graph: string; label: string | null; database: string | null }) => Promise<string>;
+export type StartElsewhere = (
+  login: { role: string; database: string },
+  start: { graph: string; label: string | null; database: string | null },
+) => Promise<string>;
 
 export class DslInterceptor implements StatementInterceptor {
   private seq = 0;
@@ -275,8 +278,22 @@ export class DslInterceptor implements StatementInterceptor {
       // Anything else reaches df.start, which explains why 'new' needs this form.
       if (type !== 0x51 || !this.startElsewhere) return undefined;
       if (session.transactionStatus === 'E') return undefined; // the server refuses the statement, and nothing starts
+      // The start submits as the current role (after SET ROLE), as caller mode does: the server says which it is.
+      const role = session.currentRole();
+      if (role === undefined) {
+        return this.failWith(replace, {
+          severity: 'ERROR',
+          code: '0A000',
+          message: "df.start() with transaction_mode => 'new' cannot run while earlier statements of the session are pending",
+          hint: 'Send it as a statement of its own, once the earlier statements have finished (not pipelined).',
+          position: charPosition(sql, ns.start),
+        });
+      }
       const bytes = Buffer.from(sql, 'utf8');
-      return this.startElsewhere(session, { graph: ns.graph, label: ns.label, database: ns.database }).then(
+      const startElsewhere = this.startElsewhere;
+      return role.then((current) =>
+        startElsewhere({ role: current, database: session.database }, { graph: ns.graph, label: ns.label, database: ns.database }),
+      ).then(
         (id) => replace(applyEdits(bytes, [{ start: ns.start, end: ns.end, text: `'${id}'::text${ns.unnamed ? ' AS start' : ''}` }])),
         (err: unknown) => {
           const e = err as { code?: string; message?: string; detail?: string; hint?: string };

@@ -1,5 +1,6 @@
 // df.start(..., transaction_mode => 'new'): the start commits on a connection
-// of its own, logged in as the session's role, so it survives the caller's
+// of its own, logged in as the session's current role (what current_user says
+// on the client's session, after any SET ROLE), so it survives the caller's
 // rollback. One short-lived connection per start, as pg_durable opens one.
 import pg from 'pg';
 
@@ -11,8 +12,8 @@ export interface NewStart {
 
 /** Starts a workflow in its own transaction; resolves to the instance id, rejects with the server's error. */
 export function startInOwnTransaction(login: (database: string, role: string) => pg.ClientConfig) {
-  return async (session: { user: string; database: string }, start: NewStart): Promise<string> => {
-    const client = new pg.Client({ ...login(session.database, session.user), connectionTimeoutMillis: 30_000 });
+  return async (as: { role: string; database: string }, start: NewStart): Promise<string> => {
+    const client = new pg.Client({ ...login(as.database, as.role), connectionTimeoutMillis: 30_000 });
     client.on('error', () => {}); // a failure surfaces as the query's rejection
     await client.connect();
     try {

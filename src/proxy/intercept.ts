@@ -1,6 +1,7 @@
 // The seam between the wire relay and whatever compiles df.* statements.
 // The relay hands over only Query and Parse messages whose text passed the
-// cheap `mentionsDf` pre-filter; everything else never reaches this interface.
+// cheap `mentionsDf` pre-filter, and only once the session is authenticated and
+// ready; everything else never reaches this interface.
 
 import type { PgError } from './protocol.js';
 
@@ -9,6 +10,14 @@ export interface SessionInfo {
   readonly database: string;
   /** From the last ReadyForQuery: I idle, T in a transaction block, E in a failed one. */
   readonly transactionStatus: 'I' | 'T' | 'E';
+  /**
+   * The session's current role (current_user, after any SET ROLE), asked of
+   * the server on the session's own connection while the client waits. Call
+   * it only while handling a simple Query; undefined when that Query is not
+   * alone on the wire (an earlier statement is still pending), since the
+   * question cannot be slipped in then.
+   */
+  currentRole(): Promise<string> | undefined;
 }
 
 export interface Interception {

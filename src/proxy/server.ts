@@ -5,6 +5,7 @@ import { randomInt } from 'node:crypto';
 import type tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { StatementInterceptor } from './intercept.js';
+import { LogRateLimiter } from './ratelimit.js';
 import { Session, type SessionContext } from './session.js';
 import { ProxyStats } from './stats.js';
 import type { UpstreamTarget } from './upstream.js';
@@ -30,6 +31,7 @@ export class ProxyServer {
   private readonly byKey = new Map<number, Session>(); // proxy pid → session
   private nextPid = randomInt(1, 1 << 20);
   private readonly ctx: SessionContext;
+  private readonly abuse = new LogRateLimiter();
 
   constructor(private readonly opts: ProxyOptions) {
     const log = opts.log;
@@ -55,20 +57,35 @@ export class ProxyServer {
         this.sessions.delete(s);
         if (s.proxyKey && this.byKey.get(s.proxyKey.pid) === s) this.byKey.delete(s.proxyKey.pid);
       },
-      cancel: (pid, secret) => {
+      cancel: (pid, secret, address) => {
         const s = this.byKey.get(pid);
         // Like PostgreSQL, say nothing to the requester either way.
         if (!s || s.proxyKey?.secret !== secret) {
-          log.warn({ pid }, 'cancel request with an unknown key');
+          this.stats.cancelUnknownKey++;
+          this.ctx.noteAbuse(address, { client: address, pid }, 'cancel request with an unknown key');
           return;
         }
         s.cancelBackend();
+      },
+      noteAbuse: (address, fields, msg) => {
+        const suppressed = this.abuse.allow(address);
+        this.stats.logLinesSuppressed = this.abuse.suppressedTotal;
+        if (suppressed === undefined) return;
+        log.warn(suppressed > 0 ? { ...fields, suppressed } : fields, msg);
       },
     };
     this.server = net.createServer((socket) => {
       this.stats.connectionsTotal++;
       this.stats.connectionsActive++;
-      this.sessions.add(new Session(socket, this.ctx));
+      try {
+        this.sessions.add(new Session(socket, this.ctx));
+      } catch (err) {
+        // A bug in setting up one session must not end the proxy.
+        this.stats.connectionsActive--;
+        this.stats.internalErrors++;
+        log.error({ err: (err as Error).message }, 'internal error accepting a connection');
+        socket.destroy();
+      }
     });
   }
 

@@ -5,26 +5,18 @@ import type { Logger } from 'pino';
 import { COLLECT, Framer, PASS, ProtocolViolation, type Classification, type FramerHandler } from './framer.js';
 import type { Interception, SessionInfo, StatementInterceptor } from './intercept.js';
 import {
-  AUTH_SASL,
-  CANCEL_REQUEST,
-  GSSENC_REQUEST,
-  MAX_STARTUP_PACKET,
   MSG,
   cancelRequest,
-  SSL_REQUEST,
   TERMINATE,
   errorResponse,
   errorField,
   errorSeverity,
   isFrontendType,
   mentionsDf,
-  negotiateProtocolVersion,
-  saslClaimsNoServerBinding,
-  parseStartupParams,
   startupMessage,
-  withoutChannelBinding,
   type PgError,
 } from './protocol.js';
+import { AuthGate, ClientGone, negotiate } from './startup.js';
 import type { ProxyStats } from './stats.js';
 import { connectUpstream, type UpstreamTarget } from './upstream.js';
 
@@ -46,14 +38,40 @@ export interface SessionContext {
   register(session: Session): { pid: number; secret: number };
   unregister(session: Session): void;
   /** Forwards a CancelRequest carrying the proxy's key to the matching backend. */
-  cancel(pid: number, secret: number): void;
+  cancel(pid: number, secret: number, address: string): void;
+  /**
+   * A warning a stranger can provoke at will (failed logins, refused
+   * messages): logged at most about once a second per client address.
+   */
+  noteAbuse(address: string, fields: Record<string, unknown>, msg: string): void;
 }
-
-class ClientGone extends Error {}
 
 const EMPTY = Buffer.alloc(0);
 
+/** What the session asks the server when a 'new' start needs the current role. */
+const ROLE_PROBE = (() => {
+  const sql = Buffer.from('SELECT current_user\0', 'utf8');
+  const out = Buffer.alloc(5 + sql.length);
+  out[0] = MSG.query;
+  out.writeInt32BE(4 + sql.length, 1);
+  sql.copy(out, 5);
+  return out;
+})();
+
 type State = 'startup' | 'auth' | 'ready' | 'closed';
+
+/** A FramerHandler whose classify and message are swapped as the session moves on, instead of testing a state per message. */
+type SwitchableHandler = FramerHandler & {
+  classify: FramerHandler['classify'];
+  message: FramerHandler['message'];
+};
+
+interface RoleProbe {
+  resolve(role: string): void;
+  reject(err: Error): void;
+  role: string | undefined;
+  error: string | undefined;
+}
 
 export class Session implements SessionInfo {
   user = '';
@@ -65,22 +83,32 @@ export class Session implements SessionInfo {
   private server: net.Socket | undefined;
   private clientFramer: Framer | undefined;
   private serverFramer: Framer | undefined;
+  private readonly clientHandler: SwitchableHandler;
+  private readonly serverHandler: SwitchableHandler;
+  private readonly gate = new AuthGate();
   /** ReadyForQuery messages owed by the server (one per Query, Sync, FunctionCall sent). */
   private pendingReady = 0;
   /** An Execute was sent with no Sync yet (a Flush-driven client); its statement may be running. */
   private unsynced = false;
+  /** An extended-protocol message was sent with no Sync yet: the server may be skipping to the Sync. */
+  private extendedOpen = false;
   /** Transaction status from the last ReadyForQuery: I, T or E. */
   private txStatus = 0x49;
+  /** The client is not read from: authenticated, waiting for the first ReadyForQuery. */
+  private clientHeld = false;
+  /** A `SELECT current_user` the session slipped in for a 'new' start, whose answer it swallows. */
+  private probe: RoleProbe | undefined;
 
   /** For interceptors: the transaction status the client last saw (I idle, T in a transaction, E failed). */
   get transactionStatus(): 'I' | 'T' | 'E' {
     return String.fromCharCode(this.txStatus) as 'I' | 'T' | 'E';
   }
   private serverSentFatal = false;
-  /** The server asked for SASL and the client's first response has not been seen yet. */
-  private saslInitialDue = false;
   private clientTerminated = false;
   private draining = false;
+  /** The session reached its first ReadyForQuery (it was logged as opened). */
+  private opened = false;
+  private application: string | undefined;
   private readonly openedAt = Date.now();
   private bytesIn = 0;
   private bytesOut = 0;
@@ -90,6 +118,8 @@ export class Session implements SessionInfo {
   backendKey: { pid: number; secret: number } | undefined;
   proxyKey: { pid: number; secret: number } | undefined;
   readonly remote: string;
+  /** The client's address without the port: what abuse is counted by. */
+  readonly address: string;
   private readonly log: Logger;
 
   constructor(
@@ -97,8 +127,11 @@ export class Session implements SessionInfo {
     private readonly ctx: SessionContext,
   ) {
     this.client = socket;
-    this.remote = `${socket.remoteAddress ?? 'unix'}:${socket.remotePort ?? 0}`;
+    this.address = socket.remoteAddress ?? 'unix';
+    this.remote = `${this.address}:${socket.remotePort ?? 0}`;
     this.log = ctx.log.child({ client: this.remote });
+    this.clientHandler = this.makeClientHandler();
+    this.serverHandler = this.makeServerHandler();
     socket.setNoDelay(true);
     socket.on('error', (err) => this.onClientGone(err.message));
     socket.on('close', () => this.onClientGone('client disconnected'));
@@ -114,56 +147,31 @@ export class Session implements SessionInfo {
     return this.pendingReady > 0 || this.unsynced;
   }
 
-  // ---- startup: SSL/GSS negotiation, the startup packet, the upstream connection
+  // ---- startup: negotiation (startup.ts), then the upstream connection
 
   private async startup(): Promise<void> {
-    for (;;) {
-      const { packet, extra } = await readPacket(this.client);
-      const code = packet.readInt32BE(4);
-      if (code === SSL_REQUEST || code === GSSENC_REQUEST) {
-        // Bytes sent before the TLS handshake could be injected by a man in the middle (CVE-2021-23214).
-        if (extra.length > 0) throw new ProtocolViolation('received unencrypted data after SSL request');
-        if (code === SSL_REQUEST && this.ctx.tls && !(this.client instanceof tls.TLSSocket)) {
-          this.client.write('S');
-          this.client = await upgradeToTls(this.client, this.ctx.tls);
-          this.client.on('error', (err) => this.onClientGone(err.message));
-        } else {
-          this.client.write('N');
-        }
-        continue;
-      }
-      if (code === CANCEL_REQUEST) {
-        if (packet.length !== 16) throw new ProtocolViolation('invalid length of cancel request');
+    const n = await negotiate(this.client, {
+      tls: this.ctx.tls,
+      cancel: (pid, secret) => {
         this.ctx.stats.cancelRequests++;
-        this.ctx.cancel(packet.readInt32BE(8), packet.readInt32BE(12));
-        this.client.end();
-        this.finish();
-        return;
-      }
-      if (code >> 16 !== 3) {
-        throw new ProtocolViolation(`unsupported frontend protocol ${code >> 16}.${code & 0xffff}: server supports 3.0 to 3.0`);
-      }
-      if (extra.length > 0) this.client.unshift(extra);
-      await this.connect(code, packet);
+        this.ctx.cancel(pid, secret, this.address);
+      },
+      upgraded: (secure) => {
+        this.client = secure;
+        secure.on('error', (err) => this.onClientGone(err.message));
+      },
+    });
+    if (n.kind === 'cancel') {
+      this.client.end();
+      this.finish();
       return;
     }
+    this.user = n.user;
+    this.database = n.database;
+    await this.connect(n.params);
   }
 
-  private async connect(version: number, packet: Buffer): Promise<void> {
-    const params = parseStartupParams(packet.subarray(8));
-    if (!params) throw new ProtocolViolation('invalid startup packet layout: expected terminator as last byte');
-    const user = params.get('user');
-    if (!user) throw new ProtocolViolation('no PostgreSQL user name specified in startup packet', '28000');
-    this.user = user;
-    this.database = params.get('database') || user;
-
-    // We speak 3.0; options of newer minor versions (_pq_.*) are declined, as the server would.
-    const unrecognised = [...params.keys()].filter((k) => k.startsWith('_pq_.'));
-    if ((version & 0xffff) > 0 || unrecognised.length > 0) {
-      for (const k of unrecognised) params.delete(k);
-      this.client.write(negotiateProtocolVersion(0, unrecognised));
-    }
-
+  private async connect(params: Map<string, string>): Promise<void> {
     let server: net.Socket;
     try {
       server = await connectUpstream(this.ctx.upstream, this.ctx.connectTimeoutMs);
@@ -186,14 +194,17 @@ export class Session implements SessionInfo {
     this.state = 'auth';
     server.on('error', (err) => this.onServerGone(err.message));
     server.on('close', () => this.onServerGone('server closed the connection'));
-    this.log.info({ user: this.user, database: this.database, application: params.get('application_name') }, 'connection opened');
+    this.log.debug({ user: this.user, database: this.database, application: params.get('application_name') }, 'authenticating');
+    this.application = params.get('application_name');
 
-    this.serverFramer = new Framer(this.serverHandler(), 0x7fffffff);
-    this.clientFramer = new Framer(this.clientHandler(), this.ctx.maxMessageSize);
+    this.serverFramer = new Framer(this.serverHandler, 0x7fffffff);
+    this.clientFramer = new Framer(this.clientHandler, this.ctx.maxMessageSize);
     server.on('data', (chunk: Buffer) => this.fromServer(chunk));
     this.client.on('data', (chunk: Buffer) => this.fromClient(chunk));
     this.client.on('drain', () => server.resume());
-    server.on('drain', () => this.client.resume());
+    server.on('drain', () => {
+      if (!this.clientHeld) this.client.resume();
+    });
     server.write(startupMessage(params));
     this.client.resume();
   }
@@ -219,11 +230,28 @@ export class Session implements SessionInfo {
     }
   }
 
+  /** Whatever feeding the client's bytes threw: a protocol violation, a goodbye, or a bug of ours; each closes only this session. */
   private clientStreamFailed(err: unknown): void {
-    if (!(err instanceof ProtocolViolation)) throw err;
+    if (this.state === 'closed') return;
+    if (err instanceof ClientGone) {
+      // A Terminate during authentication: the client gave up, nothing to tell anyone.
+      this.clientTerminated = true;
+      this.closeReason = 'client terminated during authentication';
+      this.onClientGone(this.closeReason);
+      return;
+    }
+    if (!(err instanceof ProtocolViolation)) {
+      this.internalError(err);
+      return;
+    }
     this.ctx.stats.protocolErrors++;
+    this.ctx.stats.refusedMessages++;
     this.closeReason = `protocol violation: ${err.message}`;
-    this.log.warn({ reason: err.message }, 'protocol violation from client');
+    this.ctx.noteAbuse(
+      this.address,
+      { client: this.remote, user: this.user, authenticated: this.state === 'ready', reason: err.message },
+      'protocol violation from client',
+    );
     this.fatal({ severity: 'FATAL', code: err.code, message: err.message, ...err.more });
   }
 
@@ -233,149 +261,268 @@ export class Session implements SessionInfo {
     try {
       this.serverFramer!.feed(chunk);
     } catch (err) {
-      if (!(err instanceof ProtocolViolation)) throw err;
+      if (this.state === 'closed') return;
+      if (!(err instanceof ProtocolViolation)) {
+        this.internalError(err);
+        return;
+      }
       this.closeReason = `protocol violation from server: ${err.message}`;
       this.log.error({ reason: err.message }, 'protocol violation from server');
       this.fatal({ severity: 'FATAL', code: '08P01', message: `invalid message from the upstream server: ${err.message}` });
     }
   }
 
-  private clientHandler(): FramerHandler {
-    const stats = this.ctx.stats;
+  /** A bug in handling this session's bytes: this session ends, the proxy carries on. */
+  private internalError(err: unknown): void {
+    if (this.state === 'closed') return;
+    this.ctx.stats.internalErrors++;
+    const e = err instanceof Error ? err : new Error(String(err));
+    this.closeReason = `internal error: ${e.message}`;
+    this.log.error({ err: e.message, stack: e.stack, user: this.user }, 'internal error while relaying; closing the session');
+    if (this.busy) this.cancelBackend();
+    this.fatal({ severity: 'FATAL', code: 'XX000', message: 'internal error in pg-durable-proxy: the session was closed' });
+  }
+
+  private makeClientHandler(): SwitchableHandler {
     return {
-      classify: (type: number): Classification => {
-        if (!isFrontendType(type)) {
-          throw new ProtocolViolation(`invalid frontend message type ${type}`);
-        }
-        switch (type) {
-          case MSG.query:
-            stats.queries++;
-            this.pendingReady++;
-            return COLLECT;
-          case MSG.parse:
-            return COLLECT;
-          case 0x70: // password / SASL response, looked at only for the first SASL response
-            return this.saslInitialDue ? COLLECT : PASS;
-          case MSG.execute:
-            stats.queries++;
-            this.unsynced = true;
-            return PASS;
-          case 0x53: // Sync
-            this.unsynced = false;
-            this.pendingReady++;
-            return PASS;
-          case 0x46: // FunctionCall
-            this.pendingReady++;
-            return PASS;
-          case MSG.terminate:
-            this.clientTerminated = true;
-            return PASS;
-          default:
-            return PASS;
-        }
+      // Until the session is ready: only answers to the server's authentication requests (startup.ts).
+      classify: (type: number, length: number): Classification => {
+        const c = this.gate.classify(type, length);
+        if (c === 'terminate') throw new ClientGone();
+        return c;
       },
-      message: (msg: Buffer): Buffer | undefined | Promise<Buffer | undefined> => {
-        if (msg[0] === 0x70) {
-          this.saslInitialDue = false;
-          if (this.server instanceof tls.TLSSocket && saslClaimsNoServerBinding(msg)) {
-            throw new ProtocolViolation('SCRAM channel binding cannot pass through pg-durable-proxy', '28000', {
-              detail:
-                'The client connected with TLS and offered channel binding; the proxy ends that TLS connection and opens its own to the server, which would see the exchange as a downgrade attack.',
-              hint: 'Connect with channel_binding=disable, or configure the upstream with sslmode=disable on a trusted network.',
-            });
-          }
-          return undefined;
-        }
-        if (!mentionsDf(msg)) return undefined;
-        stats.dfStatements++;
-        const r = this.ctx.interceptor?.rewrite(msg, this);
-        if (!r) return undefined;
-        if (!(r instanceof Promise)) return this.intercepted(r);
-        // The interceptor works elsewhere first (a start on its own connection): the client waits.
-        this.client.pause();
-        return r
-          .then((i) => (i ? this.intercepted(i) : undefined))
-          .finally(() => {
-            if (this.state !== 'closed') this.client.resume();
-          });
+      message: (msg: Buffer): undefined => {
+        this.gate.clientMessage(msg, this.server instanceof tls.TLSSocket);
+        return undefined;
       },
       write: (bytes: Buffer): void => {
+        // Held bytes released after the session closed (a 'new' start settling late) go nowhere.
+        if (this.state === 'closed') return;
         if (!this.server!.write(bytes)) this.client.pause();
       },
       failed: (err: unknown): void => this.clientStreamFailed(err),
     };
   }
 
-  private serverHandler(): FramerHandler {
-    const stats = this.ctx.stats;
-    return {
-      classify: (type: number): Classification => {
-        if (this.state !== 'ready') return COLLECT; // startup messages are few and some get rewritten
-        if (type === MSG.readyForQuery) return COLLECT;
-        if (type === MSG.errorResponse) {
-          stats.serverErrors++;
-          return COLLECT;
-        }
+  /** The client side once ready: one switch per message header, nothing allocated. */
+  private readonly readyClientClassify = (type: number): Classification => {
+    switch (type) {
+      case MSG.query:
+        this.ctx.stats.queries++;
+        this.pendingReady++;
+        return COLLECT;
+      case MSG.parse:
+        this.extendedOpen = true;
+        return COLLECT;
+      case 0x42: // Bind
+      case 0x44: // Describe
+      case 0x43: // Close
+        this.extendedOpen = true;
         return PASS;
-      },
-      message: (msg: Buffer): Buffer | undefined => {
-        switch (msg[0]) {
-          case MSG.readyForQuery:
-            this.txStatus = msg[5] ?? 0x49;
-            if (this.state !== 'ready') {
-              this.state = 'ready';
-              clearTimeout(this.startupTimer);
-              if (this.draining) queueMicrotask(() => this.drain());
-              const preparing = this.ctx.prepareDatabase?.(this.database);
-              if (preparing) {
-                const rfq = Buffer.from(msg);
-                void preparing.then(() => {
-                  if (this.state !== 'closed') this.client.write(rfq);
-                });
-                return EMPTY;
-              }
-            } else if (this.pendingReady > 0) {
-              this.pendingReady--;
-              if (!this.busy && this.draining) queueMicrotask(() => this.drain());
-            }
-            return undefined;
-          case MSG.errorResponse: {
-            if (this.pendingErrors.size > 0) {
-              const marker = errorField(msg, 0x4d);
-              const replacement = marker !== undefined ? this.pendingErrors.get(marker) : undefined;
-              if (replacement) {
-                this.pendingErrors.delete(marker!);
-                return errorResponse(replacement);
-              }
-            }
-            if (this.state !== 'ready') stats.serverErrors++;
-            const sev = errorSeverity(msg);
-            if (sev === 'FATAL' || sev === 'PANIC') this.serverSentFatal = true;
-            return undefined;
-          }
-          case MSG.authentication:
-            if (msg.length > 9 && msg.readInt32BE(5) === AUTH_SASL) {
-              this.saslInitialDue = true;
-              return withoutChannelBinding(msg);
-            }
-            return undefined;
-          case MSG.backendKeyData: {
-            if (msg.length !== 13) return undefined;
-            this.backendKey = { pid: msg.readInt32BE(5), secret: msg.readInt32BE(9) };
-            this.proxyKey = this.ctx.register(this);
-            const out = Buffer.from(msg);
-            out.writeInt32BE(this.proxyKey.pid, 5);
-            out.writeInt32BE(this.proxyKey.secret, 9);
-            return out;
-          }
-          default:
-            return undefined;
-        }
-      },
+      case MSG.execute:
+        this.ctx.stats.queries++;
+        this.unsynced = true;
+        this.extendedOpen = true;
+        return PASS;
+      case 0x53: // Sync
+        this.unsynced = false;
+        this.extendedOpen = false;
+        this.pendingReady++;
+        return PASS;
+      case 0x46: // FunctionCall
+        this.pendingReady++;
+        return PASS;
+      case MSG.terminate:
+        this.clientTerminated = true;
+        return PASS;
+      default:
+        if (!isFrontendType(type)) throw new ProtocolViolation(`invalid frontend message type ${type}`);
+        return PASS;
+    }
+  };
+
+  private readonly readyClientMessage = (msg: Buffer): Buffer | undefined | Promise<Buffer | undefined> => {
+    if (!mentionsDf(msg)) return undefined;
+    this.ctx.stats.dfStatements++;
+    const r = this.ctx.interceptor?.rewrite(msg, this);
+    if (!r) return undefined;
+    if (!(r instanceof Promise)) return this.intercepted(r);
+    // The interceptor works elsewhere first (a start on its own connection): the client waits.
+    this.client.pause();
+    return r
+      .then((i) => (i ? this.intercepted(i) : undefined))
+      .finally(() => {
+        if (this.state !== 'closed') this.client.resume();
+      });
+  };
+
+  private makeServerHandler(): SwitchableHandler {
+    return {
+      classify: (): Classification => COLLECT, // startup messages are few and some get rewritten
+      message: (msg) => this.serverMessage(msg),
       write: (bytes: Buffer): void => {
         if (!this.client.write(bytes)) this.server!.pause();
       },
     };
+  }
+
+  private readonly readyServerClassify = (type: number): Classification => {
+    if (type === MSG.readyForQuery) return COLLECT;
+    if (type === MSG.errorResponse) {
+      this.ctx.stats.serverErrors++;
+      return COLLECT;
+    }
+    return PASS;
+  };
+
+  private serverMessage(msg: Buffer): Buffer | undefined {
+    switch (msg[0]) {
+      case MSG.readyForQuery:
+        this.txStatus = msg[5] ?? 0x49;
+        if (this.state !== 'ready') return this.becomeReady(msg);
+        if (this.pendingReady > 0) {
+          this.pendingReady--;
+          if (!this.busy && this.draining) queueMicrotask(() => this.drain());
+        }
+        return undefined;
+      case MSG.errorResponse: {
+        if (this.pendingErrors.size > 0) {
+          const marker = errorField(msg, 0x4d);
+          const replacement = marker !== undefined ? this.pendingErrors.get(marker) : undefined;
+          if (replacement) {
+            this.pendingErrors.delete(marker!);
+            return errorResponse(replacement);
+          }
+        }
+        const sev = errorSeverity(msg);
+        if (sev === 'FATAL' || sev === 'PANIC') this.serverSentFatal = true;
+        if (this.state !== 'ready') {
+          this.ctx.stats.serverErrors++;
+          const code = errorField(msg, 0x43 /* C */);
+          if (!this.gate.authenticated && code?.startsWith('28')) {
+            this.ctx.stats.authFailures++;
+            this.closeReason = 'authentication failed';
+            this.ctx.noteAbuse(
+              this.address,
+              { client: this.remote, user: this.user, database: this.database, code, reason: errorField(msg, 0x4d) },
+              'login failed',
+            );
+          }
+        }
+        return undefined;
+      }
+      case MSG.authentication: {
+        const out = this.gate.fromServer(msg);
+        // Authenticated: the client waits for ReadyForQuery; what it sends early stays unread until then.
+        if (this.gate.authenticated && !this.clientHeld) {
+          this.clientHeld = true;
+          this.client.pause();
+        }
+        return out;
+      }
+      case MSG.backendKeyData: {
+        if (msg.length !== 13) return undefined;
+        this.backendKey = { pid: msg.readInt32BE(5), secret: msg.readInt32BE(9) };
+        this.proxyKey = this.ctx.register(this);
+        const out = Buffer.from(msg);
+        out.writeInt32BE(this.proxyKey.pid, 5);
+        out.writeInt32BE(this.proxyKey.secret, 9);
+        return out;
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  /** The server's first ReadyForQuery: from here on the client's messages are relayed and interpreted. */
+  private becomeReady(rfq: Buffer): Buffer | undefined {
+    this.state = 'ready';
+    this.opened = true;
+    clearTimeout(this.startupTimer);
+    this.clientHandler.classify = this.readyClientClassify;
+    this.clientHandler.message = this.readyClientMessage;
+    this.serverHandler.classify = this.readyServerClassify;
+    this.log.info({ user: this.user, database: this.database, application: this.application }, 'connection opened');
+    if (this.draining) queueMicrotask(() => this.drain());
+    const preparing = this.ctx.prepareDatabase?.(this.database);
+    if (!preparing) {
+      this.releaseClient();
+      return undefined;
+    }
+    const copy = Buffer.from(rfq);
+    const release = (): void => {
+      if (this.state === 'closed') return;
+      this.client.write(copy);
+      this.releaseClient();
+    };
+    preparing.then(release, (err: unknown) => {
+      this.log.error({ err: (err as Error)?.message }, 'preparing the database failed');
+      release();
+    });
+    return EMPTY;
+  }
+
+  private releaseClient(): void {
+    this.clientHeld = false;
+    if (this.state !== 'closed') this.client.resume();
+  }
+
+  // ---- the current role, for a 'new' start
+
+  /** See SessionInfo.currentRole. */
+  currentRole(): Promise<string> | undefined {
+    // Idle: the Query being intercepted is the only one owed a ReadyForQuery and no
+    // extended-protocol batch is open, so the server answers the probe next and alone.
+    if (this.state !== 'ready' || this.probe || this.pendingReady !== 1 || this.unsynced || this.extendedOpen) return undefined;
+    return new Promise<string>((resolve, reject) => {
+      this.probe = { resolve, reject, role: undefined, error: undefined };
+      this.serverHandler.classify = () => COLLECT;
+      this.serverHandler.message = (msg) => this.probeMessage(msg);
+      this.server!.write(ROLE_PROBE);
+    });
+  }
+
+  /** The server's answer to the probe is swallowed; asynchronous messages (notices, notifications) still reach the client. */
+  private probeMessage(msg: Buffer): Buffer | undefined {
+    const probe = this.probe!;
+    switch (msg[0]) {
+      case 0x44: // DataRow: one column, the role name
+        if (msg.length >= 11 && msg.readInt16BE(5) === 1) {
+          const len = msg.readInt32BE(7);
+          if (len >= 0 && 11 + len <= msg.length) probe.role = msg.toString('utf8', 11, 11 + len);
+        }
+        return EMPTY;
+      case 0x54: // RowDescription
+      case 0x43: // CommandComplete
+      case 0x49: // EmptyQueryResponse
+        return EMPTY;
+      case MSG.errorResponse: {
+        probe.error = errorField(msg, 0x4d) ?? 'error';
+        const sev = errorSeverity(msg);
+        if (sev === 'FATAL' || sev === 'PANIC') {
+          // The session is ending: the client sees why.
+          this.serverSentFatal = true;
+          this.endProbe();
+          probe.reject(new Error(probe.error));
+          return undefined;
+        }
+        return EMPTY;
+      }
+      case MSG.readyForQuery:
+        this.txStatus = msg[5] ?? this.txStatus;
+        this.endProbe();
+        if (probe.role !== undefined && probe.error === undefined) probe.resolve(probe.role);
+        else probe.reject(new Error(`could not learn the current role: ${probe.error ?? 'no answer'}`));
+        return EMPTY;
+      default:
+        return undefined;
+    }
+  }
+
+  private endProbe(): void {
+    this.probe = undefined;
+    this.serverHandler.classify = this.state === 'ready' ? this.readyServerClassify : () => COLLECT;
+    this.serverHandler.message = (msg) => this.serverMessage(msg);
   }
 
   // ---- endings
@@ -435,7 +582,9 @@ export class Session implements SessionInfo {
       this.finish();
       return;
     }
-    this.closeReason = this.serverSentFatal ? 'server ended the session' : reason;
+    if (!this.closeReason.startsWith('authentication failed')) {
+      this.closeReason = this.serverSentFatal ? 'server ended the session' : reason;
+    }
     if (this.serverSentFatal) {
       this.client.end();
       this.finish();
@@ -470,10 +619,14 @@ export class Session implements SessionInfo {
     }
     this.ctx.stats.connectionsRejected++;
     const violation = err instanceof ProtocolViolation;
-    if (violation) this.ctx.stats.protocolErrors++;
+    if (violation) {
+      this.ctx.stats.protocolErrors++;
+      this.ctx.stats.refusedMessages++;
+    }
     const message = err instanceof Error ? err.message : String(err);
     this.closeReason = `startup failed: ${message}`;
-    this.log.warn({ reason: message }, 'startup failed');
+    if (violation) this.ctx.noteAbuse(this.address, { client: this.remote, reason: message }, 'startup refused');
+    else this.log.error({ err: message, stack: (err as Error)?.stack }, 'startup failed');
     this.fatal({
       severity: 'FATAL',
       code: violation ? err.code : '08000',
@@ -483,72 +636,25 @@ export class Session implements SessionInfo {
 
   private finish(): void {
     if (this.state === 'closed') return;
-    const wasSession = this.server !== undefined;
     this.state = 'closed';
     clearTimeout(this.startupTimer);
     this.ctx.unregister(this);
     this.ctx.stats.connectionsActive--;
-    if (wasSession) {
-      this.log.info(
-        {
-          user: this.user,
-          database: this.database,
-          durationMs: Date.now() - this.openedAt,
-          bytesIn: this.bytesIn,
-          bytesOut: this.bytesOut,
-          reason: this.closeReason,
-        },
-        'connection closed',
-      );
-    }
+    const probe = this.probe;
+    this.probe = undefined;
+    probe?.reject(new Error('the session closed'));
+    const fields = {
+      user: this.user,
+      database: this.database,
+      durationMs: Date.now() - this.openedAt,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      reason: this.closeReason,
+    };
+    // Sessions that never authenticated are a stranger's to open at will: counted and rate-limited elsewhere, not logged each.
+    if (this.opened) this.log.info(fields, 'connection closed');
+    else if (this.server !== undefined) this.log.debug(fields, 'connection closed before authentication');
   }
-}
-
-/** Reads one length-prefixed startup-phase packet; leaves the socket paused. */
-function readPacket(sock: net.Socket): Promise<{ packet: Buffer; extra: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buf: Buffer = Buffer.alloc(0);
-    const cleanup = (): void => {
-      sock.removeListener('data', onData);
-      sock.removeListener('end', onEnd);
-      sock.removeListener('close', onEnd);
-    };
-    const onEnd = (): void => {
-      cleanup();
-      reject(new ClientGone());
-    };
-    const onData = (d: Buffer): void => {
-      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
-      if (buf.length < 4) return;
-      const len = buf.readInt32BE(0);
-      if (len < 8 || len > MAX_STARTUP_PACKET) {
-        cleanup();
-        sock.pause();
-        reject(new ProtocolViolation(`invalid length of startup packet: ${len}`));
-        return;
-      }
-      if (buf.length < len) return;
-      cleanup();
-      sock.pause();
-      resolve({ packet: buf.subarray(0, len), extra: buf.subarray(len) });
-    };
-    sock.on('data', onData);
-    sock.once('end', onEnd);
-    sock.once('close', onEnd);
-    sock.resume();
-  });
-}
-
-function upgradeToTls(sock: net.Socket, secureContext: tls.SecureContext): Promise<tls.TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const secure = new tls.TLSSocket(sock, { isServer: true, secureContext });
-    const onError = (err: Error): void => reject(new ProtocolViolation(`TLS handshake failed: ${err.message}`));
-    secure.once('error', onError);
-    secure.once('secure', () => {
-      secure.removeListener('error', onError);
-      resolve(secure);
-    });
-  });
 }
 
 /** Sends a CancelRequest to the upstream on a new connection, as the protocol requires. */

@@ -16,5 +16,15 @@ export class ProxyStats {
   /** Query/Parse texts that mention the df schema. */
   dfStatements = 0;
   cancelRequests = 0;
+  /** Cancel requests whose key matches no session (guesses, or a session already gone). */
+  cancelUnknownKey = 0;
+  /** Logins the server refused (an ErrorResponse of SQLSTATE class 28 during authentication). */
+  authFailures = 0;
+  /** Client messages the proxy refused (before authentication, too large, malformed); each closed its connection. */
+  refusedMessages = 0;
+  /** Exceptions of the proxy's own while relaying a session; each closed that session only. */
+  internalErrors = 0;
+  /** Warnings left out of the log by the per-address rate limit. */
+  logLinesSuppressed = 0;
   upstreamConnectFailures = 0;
 }

@@ -20,6 +20,21 @@ function readyUrl(cli: CliProcess): string {
   return m[1]!;
 }
 
+/**
+ * The embedded server's connection string: stderr is not a terminal here, so
+ * the ready line names the file that holds the password instead of showing it.
+ */
+function embeddedUrl(cli: CliProcess): string {
+  const m = /pg-durable-proxy ready: psql '([^']+)' \(password: "password" in ([^)]+)\)/.exec(cli.stderr());
+  if (!m) throw new Error(`no ready line naming the password file in:\n${cli.stderr()}`);
+  const url = new URL(m[1]!);
+  expect(url.password).toBe('');
+  const creds = JSON.parse(readFileSync(m[2]!, 'utf8')) as { user: string; password: string };
+  expect(creds.user).toBe(decodeURIComponent(url.username));
+  url.password = encodeURIComponent(creds.password);
+  return url.toString();
+}
+
 /** pino lines printed so far. */
 function logLines(cli: CliProcess): { msg: string; [k: string]: unknown }[] {
   return cli
@@ -126,7 +141,7 @@ describe('embedded PostgreSQL', () => {
   const start = async (): Promise<{ cli: CliProcess; url: string }> => {
     const cli = runCli(['--data-dir', dataDir, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--log-level', 'info']);
     await cli.ready;
-    return { cli, url: readyUrl(cli) };
+    return { cli, url: embeddedUrl(cli) };
   };
   const postmasterPid = (): number => Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   const alive = (pid: number): boolean => {
@@ -162,6 +177,7 @@ describe('embedded PostgreSQL', () => {
     expect(closed!.bytesOut).toBeGreaterThan(0);
     expect(typeof closed!.durationMs).toBe('number');
     expect(cli.stdout()).not.toContain(password);
+    expect(cli.stderr()).not.toContain(password);
 
     // Clean stop: PostgreSQL stops with it.
     const pm = postmasterPid();
