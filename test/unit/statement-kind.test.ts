@@ -38,6 +38,7 @@ describe('stepKind', () => {
     ["UPDATE t SET j = jsonb_build_object('k', lower(s))", true],
     ["SET search_path = 'x'", false],
     ["SELECT set_config('search_path', 'x', false)", false],
+    ["SELECT set_config('standard_conforming_strings', 'off', false)", false], // substitution's quoting relies on it staying on
     ['SELECT my_function(a) FROM t', false],
     ['SELECT other_schema.count(a) FROM t', false],
     ['SELECT a INTO TEMP copy FROM t', false],

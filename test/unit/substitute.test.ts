@@ -1,12 +1,17 @@
 // The text a step runs after substitution, and the truthiness of IF and
 // LOOP conditions: pg_durable's rules, one case per rule users meet.
-import { describe, expect, it } from 'vitest';
+import { loadModule } from 'libpg-query';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { StepError, substituteResults, substituteVars, truthy } from '../../src/engine/substitute.js';
 
 const sys = { instanceId: 'abcd1234', label: 'nightly' };
 const sql = (text: string, results: Record<string, string>): string => substituteResults(text, new Map(Object.entries(results)), 'sql');
 const raw = (text: string, results: Record<string, string>): string => substituteResults(text, new Map(Object.entries(results)), 'raw');
 const rows = (...r: unknown[]): string => JSON.stringify({ rows: r, row_count: r.length });
+
+beforeAll(async () => {
+  await loadModule(); // SQL mode places references with PostgreSQL's scanner
+});
 
 describe('{name} variables', () => {
   it('replaces system names and captured variables, raw and unquoted', () => {
@@ -66,12 +71,80 @@ describe('$name result references, SQL mode', () => {
 
   it('longest name first; a longer identifier, $1 and $$ are not references', () => {
     const names = { a: rows({ v: 1 }), ab: rows({ v: 2 }) };
-    expect(sql('SELECT $ab, $a, $abc, $1, $$x$$, $a.', names)).toBe('SELECT 2, 1, $abc, $1, $$x$$, 1.');
+    // The space in `1 .` departs from pg_durable: `1.` would scan as one number.
+    expect(sql('SELECT $ab, $a, $abc, $1, $$x$$, $a.', names)).toBe('SELECT 2, 1, $abc, $1, $$x$$, 1 .');
   });
 
   it('variables first, then results over their output', () => {
     const text = substituteVars('SELECT {ref}', { ref: '$x' }, sys);
     expect(sql(text, r)).toBe('SELECT 41');
+  });
+});
+
+describe('$name result references, placed where the scanner puts them', () => {
+  const v = (value: unknown): string => rows({ v: value });
+  const r = { s: v("it's"), b: v('a\\b'), n: v(-5), f: v(2.5), t: v(true), j: v({ k: "o'k", a: [1, null] }), e: rows(), z: v(null) };
+
+  it('between tokens: the literal, a negative number in parentheses, apart from what would fuse with it', () => {
+    expect(sql('SELECT 10-$n, $n::text, -$n', r)).toBe('SELECT 10-(-5), (-5)::text, -(-5)');
+    expect(sql(`SELECT 1$f, x.$f, $f.5, 'a'$s, U&$s, E$s`, r)).toBe(`SELECT 1 2.5, x. 2.5, 2.5 .5, 'a' 'it''s', U& 'it''s', E$s`);
+    expect(sql('SELECT $t AND $e?, $j', r)).toBe(`SELECT true AND NULL, '{"k":"o''k","a":[1,null]}'`);
+    expect(sql('SELECT * FROM $x.*', { x: rows({ a: -1, b: 'q' }) })).toBe(`SELECT * FROM (VALUES ((-1), 'q'::text)) AS "x"("a", "b")`);
+  });
+
+  it("inside '...': the plain text with ' doubled, no quotes of its own (pg_durable broke such SQL)", () => {
+    expect(sql(`SELECT 'say $s', '$n|$f|$t|$e?|$z?', 'j=$j', '$b'`, r)).toBe(`SELECT 'say it''s', '-5|2.5|true||', 'j={"k":"o''k","a":[1,null]}', 'a\\b'`);
+    expect(sql(`SELECT 'a'\n'b $s'`, r)).toBe(`SELECT 'a'\n'b it''s'`); // a continued literal
+    expect(sql(`SELECT N'$s', U&'$s $b'`, r)).toBe(`SELECT N'it''s', U&'it''s a\\\\b'`);
+    expect(sql(`SELECT U&'$b' UESCAPE '!'`, { b: v('x!y\\') })).toBe(`SELECT U&'x!!y\\' UESCAPE '!'`);
+  });
+
+  it("inside E'...': backslashes doubled too; an escaped \\$ is a character, not a reference", () => {
+    expect(sql(`SELECT E'$b $s', e'\\$s', E'\\\\$s'`, r)).toBe(`SELECT E'a\\\\b it''s', e'\\$s', E'\\\\it''s'`);
+  });
+
+  it('inside "...": the plain text with " doubled', () => {
+    expect(sql(`SELECT 1 AS "col $s", 2 AS "$x"`, { s: v('a"b'), x: v(7) })).toBe(`SELECT 1 AS "col a""b", 2 AS "7"`);
+  });
+
+  it('inside a dollar quote: the literal, as in SQL; a value that would end the quote fails the step', () => {
+    expect(sql('DO $$BEGIN PERFORM 10-$n, $s; END$$', r)).toBe(`DO $$BEGIN PERFORM 10-(-5), 'it''s'; END$$`);
+    expect(sql('SELECT $t$ $s $t$', r)).toBe(`SELECT $t$ 'it''s' $t$`);
+    // A body that scans as SQL or PL/pgSQL is placed by its own tokens: a string inside it gets plain text.
+    expect(sql(`DO $$BEGIN RAISE NOTICE 'v=$x'; -- $x
+END$$`, { x: v("'; DROP TABLE t; --") })).toBe(
+      `DO $$BEGIN RAISE NOTICE 'v=''; DROP TABLE t; --'; -- $x
+END$$`,
+    );
+    expect(() => sql('DO $$ SELECT $x $$', { x: v('$$; DROP TABLE t; --') })).toThrow(
+      new StepError('$x: its value would end the dollar-quoted string $$ early (it contains $$); use another dollar-quote tag'),
+    );
+    expect(() => sql('SELECT $t$ $x $t$', { x: v('$t$') })).toThrow(/^\$x: .* \$t\$ early/);
+    expect(sql('SELECT $true$ $$x$ $true$', { x: v(true) })).toBe('SELECT $true$ $ true $ $true$'); // kept apart: no $true$
+    expect(sql('SELECT $t$ $x $t$', { x: v('$u$ $$') })).toBe(`SELECT $t$ '$u$ $$' $t$`);
+  });
+
+  it('in a comment, an identifier or a dollar-quote delimiter: left as written, not even looked up', () => {
+    const text = 'SELECT foo$e, $body$ $e? $body$ -- $e\n/* $e */';
+    expect(sql(text, { ...r, body: v(1) })).toBe(text.replace('$e?', 'NULL'));
+  });
+
+  it('a text that cannot be scanned, or a NUL in a value, fails the step', () => {
+    expect(() => sql(`SELECT '$s`, r)).toThrow(new StepError(`the step's SQL could not be scanned to place its $name references (an unterminated quote, dollar quote or comment?)`));
+    expect(() => sql('SELECT $s /* open', r)).toThrow(/could not be scanned/);
+    expect(() => sql('SELECT $x', { x: v('a\u0000b') })).toThrow(/NUL character/);
+    expect(() => sql(`SELECT B'1$x'`, { x: v("0'") })).toThrow(/bit-string literal/);
+  });
+
+  it('offsets hold across non-ASCII text, astral characters and control characters', () => {
+    expect(sql(`SELECT 'é😀$s', "ü$s", $s\u0001 -- 😀 $s`, r)).toBe(`SELECT 'é😀it''s', "üit's", 'it''s'\u0001 -- 😀 $s`);
+    expect(sql(`SELECT '\ud800', $s`, r)).toBe(`SELECT '\ud800', 'it''s'`);
+  });
+
+  it('a value with quotes, backslashes and comment markers stays one literal', () => {
+    const evil = v("\\'; DROP TABLE t; -- /* $$");
+    expect(sql('SELECT $x', { x: evil })).toBe(`SELECT '\\''; DROP TABLE t; -- /* $$'`);
+    expect(sql(`SELECT E'$x'`, { x: evil })).toBe(`SELECT E'\\\\''; DROP TABLE t; -- /* $$'`);
   });
 });
 
