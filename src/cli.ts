@@ -2,6 +2,7 @@
 // pg-durable-proxy: starts the embedded PostgreSQL (unless --upstream is given),
 // the wire proxy and the admin endpoint; stops them in that order's reverse.
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import tls from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
@@ -38,6 +39,15 @@ function clientUrl(listen: { host: string; port: number }, upstreamUrl: string, 
   return out.toString();
 }
 
+/** Where the embedded server's credentials are kept (src/embedded.ts writes them at initdb). */
+const credentialsFile = (dataDir: string): string => path.join(dataDir, 'pg-durable-proxy.json');
+
+function readyLine(listen: { host: string; port: number }, upstreamUrl: string, embedded: EmbeddedPostgres | undefined): string {
+  if (!embedded) return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, false)}'`;
+  if (process.stderr.isTTY) return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, true)}'`;
+  return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, false)}' (password: "password" in ${credentialsFile(embedded.dataDir)})`;
+}
+
 /** The database a URL names (PostgreSQL's default: the user's name). */
 function databaseOf(url: string): string {
   const u = new URL(url);
@@ -72,6 +82,9 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     ...targets,
     log: log.child({ component: 'executor' }),
     leaseSeconds: cfg.leaseTimeout,
+    maxStepResult: cfg.maxStepResult,
+    maxInstances: cfg.maxInstances,
+    maxInstancesPerRole: cfg.maxInstancesPerRole,
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
     allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,
   });
@@ -103,10 +116,11 @@ async function run(cfg: Config, log: Logger): Promise<void> {
       const a = await admin.listen();
       log.info({ admin: `http://${a.host}:${a.port}` }, 'admin endpoint listening');
     }
-    const url = clientUrl(at, upstreamUrl, embedded !== undefined);
-    // The log never carries the password; the one-off ready line on stderr does, for the embedded sandbox.
+    // The log never carries the password. The ready line carries the embedded server's
+    // only when a person is reading stderr (a terminal); captured stderr (a service
+    // manager, CI) gets where it is kept instead.
     log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: clientUrl(at, upstreamUrl, false) }, 'proxy ready');
-    process.stderr.write(`pg-durable-proxy ready: psql '${url}'\n`);
+    process.stderr.write(readyLine(at, upstreamUrl, embedded) + '\n');
   } catch (err) {
     await executor.close();
     await embedded?.stop();

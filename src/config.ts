@@ -59,6 +59,21 @@ const settings = {
     .describe('databases the executor serves, comma-separated (default: every database with a df schema, and each one a client connects to)'),
   leaseTimeout: z.coerce.number().int().min(2).max(3600).default(30).describe("seconds until another proxy may take over a dead proxy's workflows"),
   embeddedPort: z.coerce.number().int().min(0).max(65535).default(0).describe('port of the embedded PostgreSQL on 127.0.0.1; 0 picks a free one'),
+  maxStepResult: z.coerce
+    .number()
+    .int()
+    .min(65536)
+    .max(256 * 1024 * 1024)
+    .default(64 * 1024 * 1024)
+    .describe("largest result a workflow step may return, in bytes (64 MiB); a step past it fails, its transaction rolled back"),
+  maxInstances: z.coerce.number().int().min(1).max(100_000).default(1000).describe('workflow instances the executor runs at once, per database'),
+  maxInstancesPerRole: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(100_000)
+    .default(0)
+    .describe('workflow instances of one submitting role the executor runs at once, per database; 0: no cap beyond maxInstances'),
 } as const;
 
 export type SettingName = keyof typeof settings;

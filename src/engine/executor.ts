@@ -7,9 +7,10 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { buildGraph, GraphError, type Node } from './graph.js';
 import { Aborted, delay, runInstance, type Effects } from './interpreter.js';
-import { migrate } from './migrate.js';
+import { install } from '../schema/install.js';
+import { SchemaRefused } from '../schema/verify.js';
 import { loadParser } from './statement-kind.js';
-import { releaseClean, runSqlStep, stepErrorText } from './steps.js';
+import { cutReason, limitStepResults, releaseClean, runSqlStep, stepErrorText } from './steps.js';
 import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
 import { VERSION } from '../version.js';
@@ -27,13 +28,31 @@ export interface ExecutorOptions {
   allowSuperuserInstances: boolean;
   /** Instances one database's worker holds at once. */
   maxInstances: number;
+  /** Instances of one submitting role one database's worker holds at once; 0: no cap beyond maxInstances. */
+  maxInstancesPerRole: number;
+  /** Largest result a step may return, in bytes (rows as they arrive, and the JSON stored). */
+  maxStepResult: number;
   /** Connections per (database, role) for steps. */
   stepPoolSize: number;
   /** Serve only these databases; default: every database with a df schema, and any a client uses. */
   databases?: string[];
 }
 
-export const EXECUTOR_DEFAULTS = { leaseSeconds: 30, pollMs: 2000, maxInstances: 1000, stepPoolSize: 10 } as const;
+export const EXECUTOR_DEFAULTS = {
+  leaseSeconds: 30,
+  pollMs: 2000,
+  maxInstances: 1000,
+  maxInstancesPerRole: 0,
+  maxStepResult: 64 * 1024 * 1024,
+  stepPoolSize: 10,
+} as const;
+
+/**
+ * The executor's own connections read rows users write (labels, vars,
+ * queries): a message larger than this would not fit a string, and would end
+ * the process inside the socket's 'data' handler; the connection is cut instead.
+ */
+const CONTROL_MAX_MESSAGE = 500 * 1024 * 1024;
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
@@ -41,6 +60,8 @@ export class Executor {
   readonly owner = randomUUID();
   private readonly workers = new Map<string, Promise<DatabaseWorker>>();
   private readonly serving = new Set<string>();
+  /** Databases refused, with the reason last logged. */
+  private readonly refused = new Map<string, string>();
   private discoverTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -54,8 +75,18 @@ export class Executor {
       w = DatabaseWorker.start(database, this.owner, this.opts);
       this.workers.set(database, w);
       w.then(
-        () => this.serving.add(database),
-        () => this.workers.delete(database), // a later use retries
+        () => {
+          this.serving.add(database);
+          this.refused.delete(database);
+        },
+        (err: unknown) => {
+          this.workers.delete(database); // a later use retries
+          // One line per database and reason, however often discovery or clients come back to it.
+          if (err instanceof SchemaRefused && this.refused.get(database) !== err.message) {
+            this.refused.set(database, err.message);
+            this.opts.log.error({ database, reason: err.message }, `refusing to serve database "${database}": ${err.message}`);
+          }
+        },
       );
     }
     return w.then(() => {});
@@ -65,9 +96,11 @@ export class Executor {
   prepare(database: string): Promise<void> | undefined {
     if (this.serving.has(database) || this.closed) return undefined;
     if (this.opts.databases && !this.opts.databases.includes(database)) return undefined;
-    return this.serve(database).catch((err: unknown) =>
-      this.opts.log.error({ database, err: (err as Error).message }, 'cannot install the df schema; df.* will not work in this database'),
-    );
+    return this.serve(database).catch((err: unknown) => {
+      if (!(err instanceof SchemaRefused)) {
+        this.opts.log.error({ database, err: (err as Error).message }, 'cannot install the df schema; df.* will not work in this database');
+      }
+    });
   }
 
   /**
@@ -95,17 +128,22 @@ export class Executor {
           const { rows } = await probe.query<{ has: boolean }>(`SELECT to_regclass('df.migrations') IS NOT NULL AS has`);
           if (rows[0]?.has) await this.serve(db);
         } catch (err) {
-          this.opts.log.debug({ database: db, err: (err as Error).message }, 'database not served');
+          if (!(err instanceof SchemaRefused)) this.opts.log.debug({ database: db, err: (err as Error).message }, 'database not served');
         } finally {
           await probe.end().catch(() => {});
         }
       }
     };
+    // A refused database is logged and left alone; the others are served.
+    const serveUnlessRefused = (db: string): Promise<void> =>
+      this.serve(db).catch((err: unknown) => {
+        if (!(err instanceof SchemaRefused)) throw err;
+      });
     if (this.opts.databases) {
-      for (const db of this.opts.databases) await this.serve(db);
+      for (const db of this.opts.databases) await serveUnlessRefused(db);
       return;
     }
-    await this.serve(fromDatabase);
+    await serveUnlessRefused(fromDatabase);
     await scan();
     this.discoverTimer = setInterval(() => void scan().catch((err: unknown) => this.opts.log.warn({ err: (err as Error).message }, 'database scan failed')), 60_000);
     this.discoverTimer.unref();
@@ -122,6 +160,8 @@ export class Executor {
 
 interface Held {
   abort: AbortController;
+  /** The submitting role's oid, for the per-role cap and fair claiming. */
+  submitter: string;
 }
 
 class DatabaseWorker {
@@ -132,6 +172,9 @@ class DatabaseWorker {
   private renewTimer: NodeJS.Timeout | undefined;
   private claiming = false;
   private claimAgain = false;
+  /** Held instances named by df_cancel notifications, to be looked up before anything is stopped. */
+  private readonly cancelHints = new Set<string>();
+  private checkingHints = false;
   private closing = false;
   private readonly log: Logger;
 
@@ -142,6 +185,13 @@ class DatabaseWorker {
     private readonly opts: ExecutorOptions,
   ) {
     this.log = opts.log.child({ database });
+    // On acquire, not connect: the connection that installed the schema is in the pool already.
+    const guarded = new WeakSet<object>();
+    pool.on('acquire', (client) => {
+      if (guarded.has(client)) return;
+      guarded.add(client);
+      limitStepResults(client, CONTROL_MAX_MESSAGE, false);
+    });
     store.onWriteError = (err, ids) => {
       this.log.warn({ err: (err as Error).message, instances: ids }, 'status write failed: handing the instances back');
       for (const id of ids) {
@@ -155,20 +205,27 @@ class DatabaseWorker {
     await loadParser();
     // Executor bookkeeping commits asynchronously: a status write lost in a crash is
     // recomputed on replay. Step checkpoints (step connections) and finish() stay synchronous.
-    const pool = new pg.Pool({ ...opts.control(database), options: '-c synchronous_commit=off', max: 4, idleTimeoutMillis: 30_000 });
+    const control = opts.control(database);
+    const pool = new pg.Pool({ ...control, options: `${control.options ?? ''} -c synchronous_commit=off`, max: 4, idleTimeoutMillis: 30_000 });
     pool.on('error', (err) => opts.log.warn({ database, err: err.message }, 'executor connection lost'));
     // A connection dying while checked out errors on the client, which must not crash the process: the query fails instead.
     pool.on('connect', (client) => client.on('error', () => {}));
     try {
       const client = await pool.connect();
       try {
-        const applied = await migrate(client);
-        if (applied.length) opts.log.info({ database, versions: applied }, 'df schema installed');
+        const installed = await install(client);
+        if (installed.migrations.length || installed.functions) {
+          opts.log.info({ database, migrations: installed.migrations, functions: installed.functions }, 'df schema installed');
+        }
+        // What df.start checks without the proxy: databases => NULL means every database.
         await client.query(
-          `INSERT INTO df.settings (name, value) VALUES ('allow_superuser_instances', $1), ('proxy_version', $2)
+          `INSERT INTO df.settings (name, value)
+           SELECT * FROM unnest(ARRAY['allow_superuser_instances', 'proxy_version', 'databases'], ARRAY[$1, $2, $3]) AS s(name, value)
+            WHERE value IS NOT NULL
            ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`,
-          [String(opts.allowSuperuserInstances), VERSION],
+          [String(opts.allowSuperuserInstances), VERSION, opts.databases?.join(',') ?? null],
         );
+        if (!opts.databases) await client.query(`DELETE FROM df.settings WHERE name = 'databases'`);
       } finally {
         client.release();
       }
@@ -185,21 +242,32 @@ class DatabaseWorker {
     return w;
   }
 
-  private async listen(): Promise<void> {
+  private async listen(again = false): Promise<void> {
     const client = new pg.Client(this.opts.control(this.database));
+    // Any role may NOTIFY these channels: a notification is a hint to look, never an order.
     client.on('notification', (n) => {
       if (n.channel === 'df_work') this.wake();
-      else if (n.channel === 'df_cancel' && n.payload) this.held.get(n.payload)?.abort.abort(new Aborted('cancelled'));
+      else if (n.channel === 'df_cancel' && n.payload && this.held.has(n.payload)) this.cancelHint(n.payload);
     });
+    let reconnecting = false;
     const reconnect = (): void => {
-      if (this.closing) return;
-      this.listener = undefined;
-      setTimeout(() => void this.listen().catch(() => reconnect()), 1000);
+      if (this.closing || reconnecting) return; // 'end' and a failed connect may both report one loss
+      reconnecting = true;
+      if (this.listener === client) this.listener = undefined;
+      client.removeAllListeners('end');
+      void client.end().catch(() => {});
+      setTimeout(() => void this.listen(true).catch(() => {}), 1000).unref();
     };
     client.on('error', (err) => this.log.warn({ err: err.message }, 'LISTEN connection lost'));
     client.on('end', reconnect);
-    await client.connect();
-    await client.query('LISTEN df_work; LISTEN df_cancel');
+    try {
+      await client.connect();
+      await client.query('LISTEN df_work; LISTEN df_cancel');
+    } catch (err) {
+      if (again) reconnect(); // at start-up the caller reports it
+      else client.removeAllListeners('end');
+      throw err;
+    }
     this.listener = client;
     this.wake(); // work may have arrived while no one listened
   }
@@ -211,7 +279,36 @@ class DatabaseWorker {
       return;
     }
     this.claiming = true;
-    void this.claimLoop().finally(() => (this.claiming = false));
+    void this.claimLoop()
+      .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'claiming work failed'))
+      .finally(() => (this.claiming = false));
+  }
+
+  private cancelHint(id: string): void {
+    this.cancelHints.add(id);
+    if (this.checkingHints) return;
+    this.checkingHints = true;
+    void this.checkCancelHints().finally(() => (this.checkingHints = false));
+  }
+
+  /**
+   * Stops the held instances named in df_cancel notifications whose status,
+   * read on the executor's own connection, is terminal. However many
+   * notifications arrive, one look-up runs at a time, for all named so far.
+   */
+  private async checkCancelHints(): Promise<void> {
+    while (this.cancelHints.size > 0 && !this.closing) {
+      const ids = [...this.cancelHints].filter((id) => this.held.has(id));
+      this.cancelHints.clear();
+      if (ids.length === 0) return;
+      try {
+        for (const id of await this.store.ended(ids)) this.held.get(id)?.abort.abort(new Aborted('cancelled'));
+      } catch (err) {
+        // The lease renewal notices a cancelled run too (its run row is gone), a little later.
+        this.log.warn({ err: (err as Error).message }, 'cannot check a cancellation');
+        return;
+      }
+    }
   }
 
   private async claimLoop(): Promise<void> {
@@ -219,9 +316,11 @@ class DatabaseWorker {
       this.claimAgain = false;
       const room = this.opts.maxInstances - this.held.size;
       if (room <= 0) return;
+      const perRole = new Map<string, number>();
+      for (const h of this.held.values()) perRole.set(h.submitter, (perRole.get(h.submitter) ?? 0) + 1);
       let claimed: Loaded[];
       try {
-        claimed = await this.store.claim(Math.min(room, 64));
+        claimed = await this.store.claim(Math.min(room, 64), perRole, this.opts.maxInstancesPerRole);
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, 'claiming work failed; retrying at the next poll');
         return;
@@ -244,7 +343,7 @@ class DatabaseWorker {
 
   /** Runs an instance; after an infrastructure failure (database restarting, connection lost) it resumes from the checkpoints. */
   private start(id: string, claimed: Loaded): void {
-    const h: Held = { abort: new AbortController() };
+    const h: Held = { abort: new AbortController(), submitter: claimed.instance.submitter };
     this.held.set(id, h);
     const signal = h.abort.signal;
     void (async () => {
@@ -264,7 +363,8 @@ class DatabaseWorker {
       .finally(() => {
         this.held.delete(id);
         this.wake();
-      });
+      })
+      .catch(() => {});
   }
 
   private async run(id: string, signal: AbortSignal, loaded: Loaded | undefined): Promise<void> {
@@ -275,12 +375,24 @@ class DatabaseWorker {
     const { instance, nodes } = loaded;
     const fail = (message: string): Promise<boolean> =>
       this.store.finish(id, instance.root_node, { status: 'failed', raw: JSON.stringify(message), output: message });
+    if (loaded.invalid !== undefined) {
+      this.log.warn({ instance: id, reason: loaded.invalid }, 'instance row does not validate: failing the instance');
+      await fail(loaded.invalid);
+      return;
+    }
     if (instance.role === null) {
       await fail('the role that started this instance no longer exists');
       return;
     }
-    if (instance.rolsuper && !this.opts.allowSuperuserInstances) {
-      await fail(`pg-durable-proxy: superuser instances are disabled. submitted_by "${instance.role}" is a superuser.`);
+    if (instance.escalates && !this.opts.allowSuperuserInstances) {
+      await fail(
+        `pg-durable-proxy: superuser instances are disabled. submitted_by "${instance.role}" ${instance.rolsuper ? 'is a superuser' : 'can act as a superuser'}.`,
+      );
+      return;
+    }
+    // Checked at df.start too; the setting may have changed since.
+    if (instance.database !== null && this.opts.databases && !this.opts.databases.includes(instance.database)) {
+      await fail(`database "${instance.database}" is not served by pg-durable-proxy (its --databases setting: ${this.opts.databases.join(',')})`);
       return;
     }
     let root: Node;
@@ -335,12 +447,14 @@ class DatabaseWorker {
               sameDatabase: database === this.database,
               checkpointElsewhere: (r) => store.checkpoint(id, node.id, stamp, r),
               signal,
+              maxResult: this.opts.maxStepResult,
             },
           );
           store.forget(id, node.id); // its 'running', if still queued, is obsolete
           return result;
         } catch (err) {
-          discard = signal.aborted || !(err instanceof StepError);
+          // A connection cut for an oversized result is dead: it must not go back to the pool.
+          discard = signal.aborted || !(err instanceof StepError) || cutReason(client) !== undefined;
           if ((err as { code?: string }).code === '40001' && !(err instanceof StepError)) throw new LostRun(id);
           throw err;
         } finally {
@@ -360,7 +474,10 @@ class DatabaseWorker {
     if (!p) {
       p = new pg.Pool({ ...this.opts.step(database, role), max: this.opts.stepPoolSize, idleTimeoutMillis: 10_000 });
       p.on('error', (err) => this.log.warn({ role, err: err.message }, 'step connection lost'));
-      p.on('connect', (client) => client.on('error', () => {}));
+      p.on('connect', (client) => {
+        client.on('error', () => {});
+        limitStepResults(client, this.opts.maxStepResult, true);
+      });
       this.stepPools.set(key, p);
     }
     return p;

@@ -106,15 +106,31 @@ function arrayJson(text: string, elem: number): string {
   return parse();
 }
 
-/** Rows in array mode (values as text) → the step result's JSON text. */
-export function resultJson(fields: FieldDef[], rows: (string | null)[][]): string {
+/** The JSON of a result would be longer than allowed. */
+export class ResultTooLarge extends Error {
+  constructor(readonly limit: number) {
+    super(`the result as JSON is longer than ${limit} characters`);
+  }
+}
+
+/**
+ * Rows in array mode (values as text) → the step result's JSON text. Column
+ * names repeat in every row and escapes lengthen values, so the JSON can be
+ * many times the rows' size: past `maxLength` characters it stops with
+ * ResultTooLarge, before the text outgrows what a string (or jsonb) can hold.
+ */
+export function resultJson(fields: FieldDef[], rows: (string | null)[][], maxLength = Infinity): string {
   const keys = fields.map((f) => JSON.stringify(f.name));
   const parts: string[] = [];
+  let length = 0;
   for (const row of rows) {
     // Duplicate column names collapse to one key (the last value), as a JSON object would.
     const seen = new Map<string, string>();
     for (let c = 0; c < fields.length; c++) seen.set(keys[c]!, jsonValue(row[c] ?? null, fields[c]!.dataTypeID));
-    parts.push('{' + [...seen].map(([k, v]) => k + ':' + v).join(',') + '}');
+    const part = '{' + [...seen].map(([k, v]) => k + ':' + v).join(',') + '}';
+    length += part.length + 1;
+    if (length > maxLength) throw new ResultTooLarge(maxLength);
+    parts.push(part);
   }
   return `{"rows":[${parts.join(',')}],"row_count":${rows.length}}`;
 }

@@ -5,10 +5,11 @@
 // undoes both and after it the step is never run again. Statements PostgreSQL
 // refuses inside a transaction block run on their own and are checkpointed
 // right after: at-least-once.
+import type { Duplex } from 'node:stream';
 import type pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { Aborted } from './interpreter.js';
-import { resultJson } from './results.js';
+import { ResultTooLarge, resultJson } from './results.js';
 import { stepKind } from './statement-kind.js';
 import { StepError } from './substitute.js';
 
@@ -48,9 +49,92 @@ export interface StepConnection {
   cancel(): Promise<void>;
 }
 
-async function execute(client: pg.PoolClient, sql: string): Promise<string> {
+async function execute(client: pg.PoolClient, sql: string, maxResult: number): Promise<string> {
   const r = await client.query({ text: sql, rowMode: 'array', types: TEXT_TYPES, queryMode: 'extended' } as pg.QueryConfig);
-  return resultJson(r.fields, r.rows as (string | null)[][]);
+  // The reply may have arrived whole in the chunk that crossed the limit.
+  const cut = cutReason(client);
+  if (cut) throw new StepError(cut);
+  try {
+    return resultJson(r.fields, r.rows as (string | null)[][], maxResult);
+  } catch (err) {
+    throw new StepError(tooLargeText(err, maxResult));
+  }
+}
+
+/** Why a step connection was cut short (its result too large), by pg connection. */
+const cuts = new WeakMap<object, string>();
+
+const SETTING = '--max-step-result / PGDP_MAX_STEP_RESULT';
+
+function tooLargeText(err: unknown, maxResult: number): string {
+  if (err instanceof ResultTooLarge || err instanceof RangeError) {
+    return `the step's result as JSON is larger than the limit of ${maxResult} bytes (${SETTING})`;
+  }
+  throw err;
+}
+
+/** Ends a step connection: what it was running never commits (no Sync was sent, or the server sees the socket close). */
+function cutConnection(connection: { stream: Duplex }, reason: string): void {
+  if (!cuts.has(connection)) cuts.set(connection, reason);
+  connection.stream.destroy(new Error(reason));
+}
+
+/** Set when the connection was ended because the step's result passed the limit: the step's failure. */
+export function cutReason(client: pg.ClientBase): string | undefined {
+  return cuts.get((client as unknown as { connection: object }).connection);
+}
+
+const MESSAGE_NAMES: Record<number, string> = { 0x45: 'an error', 0x4e: 'a notice', 0x54: 'a row description', 0x41: 'a notification' };
+
+/**
+ * Caps what the server sends for a step, as it arrives. pg-protocol buffers a
+ * whole message before parsing it, and a value larger than a V8 string throws
+ * inside the socket's 'data' handler, which would end the process; a large
+ * one just fills memory. Message headers (type byte, int32 length) are read
+ * ahead of the parser: a message announced larger than `maxBytes`, or (with
+ * `countRows`) the rows since the last ReadyForQuery adding up to more, end
+ * the connection before the parser buffers more than the chunk at hand.
+ */
+export function limitStepResults(client: pg.ClientBase, maxBytes: number, countRows: boolean): void {
+  const connection = (client as unknown as { connection: { stream: Duplex } }).connection;
+  const stream = connection.stream; // the TLS socket when TLS is on: it carries the plain protocol
+  const header = Buffer.alloc(5);
+  let have = 0; // header bytes gathered (a header may straddle chunks)
+  let skip = 0; // body bytes of the current message not seen yet
+  let rows = 0; // DataRow and CopyData bytes since the last ReadyForQuery
+  const onData = (chunk: Buffer): void => {
+    let i = 0;
+    while (i < chunk.length) {
+      if (skip > 0) {
+        const n = Math.min(skip, chunk.length - i);
+        skip -= n;
+        i += n;
+        continue;
+      }
+      header[have++] = chunk[i++]!;
+      if (have < 5) continue;
+      have = 0;
+      const type = header[0]!;
+      const size = header.readUInt32BE(1) + 1;
+      skip = size - 5;
+      const isRow = type === 0x44 || type === 0x64;
+      if (type === 0x5a) rows = 0;
+      else if (isRow && countRows) rows += size;
+      if (rows > maxBytes || size > maxBytes) {
+        stream.removeListener('data', onData);
+        cutConnection(
+          connection,
+          !countRows
+            ? `the server sent a message of ${size} bytes, more than the executor accepts (${maxBytes})`
+            : isRow || rows > maxBytes
+            ? `the step's result is larger than the limit of ${maxBytes} bytes (${SETTING})`
+            : `the server sent ${MESSAGE_NAMES[type] ?? `a message (type ${String.fromCharCode(type)})`} of ${size} bytes for the step, more than the limit of ${maxBytes} bytes (${SETTING})`,
+        );
+        return;
+      }
+    }
+  };
+  stream.prependListener('data', onData);
 }
 
 /** Where a failure of an atomic step happened: it decides who is at fault. */
@@ -107,6 +191,7 @@ class AtomicStep {
     private readonly sql: string,
     private readonly cp: Checkpoint,
     private readonly known: string | undefined,
+    private readonly maxResult: number,
   ) {
     this.done = new Promise((res, rej) => {
       this.resolve = res;
@@ -153,7 +238,23 @@ class AtomicStep {
   }
 
   private statementDone(): void {
-    this.result = resultJson(this.fields, this.rows);
+    // This runs inside the socket's 'data' handler: a throw here would end the process.
+    try {
+      this.result = resultJson(this.fields, this.rows, this.maxResult);
+    } catch (err) {
+      this.rows = [];
+      this.failed = true;
+      let reason: string;
+      try {
+        reason = tooLargeText(err, this.maxResult);
+      } catch (other) {
+        reason = `the step's result cannot be stored: ${(other as Error).message}`;
+      }
+      // Without a Sync the statement's transaction is still open: closing the connection rolls it back.
+      cutConnection(this.connection as unknown as { stream: Duplex }, reason);
+      this.reject(new StepError(reason));
+      return;
+    }
     this.rows = [];
     this.phase = 'checkpoint';
     if (this.known === undefined) write(this.connection!, this.checkpoint(this.result));
@@ -219,7 +320,26 @@ export async function runSqlStep(
   conn: StepConnection,
   sql: string,
   cp: Checkpoint,
+  opts: { sameDatabase: boolean; checkpointElsewhere: (result: string) => Promise<void>; signal: AbortSignal; maxResult?: number },
+): Promise<string> {
+  const { client } = conn;
+  const maxResult = opts.maxResult ?? Infinity;
+  try {
+    return await runChecked(conn, sql, cp, opts, maxResult);
+  } catch (err) {
+    // A cut connection fails whatever way the error surfaced (socket error, failed checkpoint, cancel).
+    const cut = cutReason(client);
+    if (cut && !(err instanceof Aborted)) throw new StepError(cut);
+    throw err;
+  }
+}
+
+async function runChecked(
+  conn: StepConnection,
+  sql: string,
+  cp: Checkpoint,
   opts: { sameDatabase: boolean; checkpointElsewhere: (result: string) => Promise<void>; signal: AbortSignal },
+  maxResult: number,
 ): Promise<string> {
   const { client } = conn;
   if (opts.signal.aborted) throw new Aborted();
@@ -233,7 +353,7 @@ export async function runSqlStep(
     if (opts.sameDatabase && !kind.ownTransaction) {
       try {
         // Extended protocol: PostgreSQL itself refuses several statements, as pg_durable's prepared execution does.
-        return await client.query(new AtomicStep(sql, cp, kind.noRows ? NO_ROWS : undefined)).done;
+        return await client.query(new AtomicStep(sql, cp, kind.noRows ? NO_ROWS : undefined, maxResult)).done;
       } catch (err) {
         if (opts.signal.aborted) throw new Aborted();
         if (err instanceof CheckpointError) {
@@ -250,7 +370,7 @@ export async function runSqlStep(
     }
     let result: string;
     try {
-      result = await execute(client, sql);
+      result = await execute(client, sql, maxResult);
     } catch (err) {
       if (opts.signal.aborted) throw new Aborted();
       throw stepFailure(err);

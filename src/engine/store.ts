@@ -13,7 +13,11 @@ const instanceRow = z.object({
   vars: z.record(z.string(), z.string().nullable()),
   role: z.string().nullable(),
   rolsuper: z.boolean().nullable(),
+  /** The role is a superuser or can become one (df._escalates). */
+  escalates: z.boolean(),
   rolcanlogin: z.boolean().nullable(),
+  /** submitted_by as an oid (text): the key of per-role fairness. */
+  submitter: z.string(),
 });
 export type InstanceRow = z.infer<typeof instanceRow>;
 
@@ -21,27 +25,64 @@ export interface Loaded {
   instance: InstanceRow;
   /** df.nodes rows, for buildGraph to check. */
   nodes: unknown[];
+  /** Why the instance row does not validate: the instance fails with this, alone. */
+  invalid?: string;
 }
 
-/** An instance's columns (i_*) beside each of its nodes' (a row of NULLs for an instance without nodes). */
-const LOAD = `SELECT i.id AS i_id, i.label AS i_label, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
-       i.vars AS i_vars, r.rolname AS i_role, r.rolsuper AS i_rolsuper, r.rolcanlogin AS i_rolcanlogin,
+const STATUSES = new Set(['pending', 'running', 'completed', 'failed', 'cancelled']);
+
+/**
+ * An instance's columns (i_*) beside each of its nodes' (a row of NULLs for
+ * an instance without nodes). The columns a user's data can make large
+ * (label, vars) come on the instance's first row only.
+ */
+const LOAD = `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
+       row_number() OVER (PARTITION BY i.id) = 1 AS i_head,
+       CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.label END AS i_label,
+       CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.vars END AS i_vars,
+       r.rolname AS i_role, r.rolsuper AS i_rolsuper, df._escalates(i.submitted_by) AS i_escalates, r.rolcanlogin AS i_rolcanlogin,
+       i.submitted_by::oid::text AS i_submitter,
        n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at
   FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by LEFT JOIN df.nodes n ON n.instance_id = i.id`;
-type LoadRow = Record<string, unknown> & { i_id: string; id: string | null };
+type LoadRow = Record<string, unknown> & { i_id: string; i_head: boolean; id: string | null };
 
+/**
+ * Rows come from tables users' data reaches, so they are checked one
+ * instance at a time: a row that does not validate fails that instance, not
+ * the batch it was claimed with.
+ */
 function grouped(rows: LoadRow[]): Map<string, Loaded> {
-  const out = new Map<string, Loaded>();
+  const parts = new Map<string, { head: LoadRow | undefined; nodes: unknown[] }>();
   for (const r of rows) {
-    let l = out.get(r.i_id);
-    if (!l) {
-      const instance = instanceRow.parse({
-        id: r.i_id, label: r.i_label, root_node: r.i_root_node, status: r.i_status, database: r.i_database,
-        vars: r.i_vars, role: r.i_role, rolsuper: r.i_rolsuper, rolcanlogin: r.i_rolcanlogin,
-      });
-      out.set(r.i_id, (l = { instance, nodes: [] }));
+    let p = parts.get(r.i_id);
+    if (!p) parts.set(r.i_id, (p = { head: undefined, nodes: [] }));
+    if (r.i_head) p.head = r;
+    if (r.id !== null) p.nodes.push(r);
+  }
+  const out = new Map<string, Loaded>();
+  for (const [id, { head: r, nodes }] of parts) {
+    if (!r) continue; // cannot happen: every instance has a first row
+    const fields = {
+      id, label: r.i_label, root_node: r.i_root_node, status: r.i_status, database: r.i_database,
+      vars: r.i_vars, role: r.i_role, rolsuper: r.i_rolsuper, escalates: r.i_escalates, rolcanlogin: r.i_rolcanlogin, submitter: r.i_submitter,
+    };
+    const parsed = instanceRow.safeParse(fields);
+    if (parsed.success) {
+      out.set(id, { instance: parsed.data, nodes });
+      continue;
     }
-    if (r.id !== null) l.nodes.push(r);
+    const issue = parsed.error.issues[0];
+    const where = issue?.path.length ? issue.path.map(String).join('.') + ': ' : '';
+    out.set(id, {
+      // Enough to end it: id, root node and status come from columns the schema constrains.
+      instance: {
+        id, label: null, root_node: String(r.i_root_node), database: null, vars: {},
+        status: STATUSES.has(r.i_status as string) ? (r.i_status as InstanceRow['status']) : 'running',
+        role: typeof r.i_role === 'string' ? r.i_role : null, rolsuper: null, escalates: false, rolcanlogin: null, submitter: String(r.i_submitter),
+      },
+      nodes: [],
+      invalid: `Invalid durable function: the instance row does not validate (${where}${issue?.message ?? 'malformed'})`,
+    });
   }
   return out;
 }
@@ -77,24 +118,49 @@ export class Store {
    * returns them loaded: one round trip from a notification to a graph. Their
    * instances become 'running' in the same statement (the rows returned show
    * the status before it).
+   *
+   * Fair across submitters: each claimable run gets a turn, its rank among its
+   * submitter's claimable runs (oldest first) plus the instances of that
+   * submitter this executor holds already (`held`, by submitter oid); runs are
+   * taken by turn, then age, so one role's backlog cannot hold every slot while
+   * another role waits. With `perRole` > 0 no turn past it is taken: a role
+   * never holds more than `perRole` of this executor's instances.
    */
-  async claim(limit: number): Promise<Loaded[]> {
+  async claim(limit: number, held: Map<string, number> = new Map(), perRole = 0): Promise<Loaded[]> {
     const { rows } = await this.pool.query<LoadRow>({
       name: 'pgdp_claim',
-      text: `WITH claimed AS (
+      // Row locks cannot be taken in a query with window functions: the turns are
+      // computed in a CTE, the runs locked (skipping those others lock) in the query over it.
+      text: `WITH turns AS (
+               SELECT q.instance_id, q.created_at,
+                      row_number() OVER (PARTITION BY q.submitted_by ORDER BY q.created_at, q.instance_id) + coalesce(h.n, 0) AS turn
+                 FROM df.runs q
+                 LEFT JOIN unnest($4::oid[], $5::int[]) AS h(role, n) ON h.role = q.submitted_by::oid
+                WHERE q.lease_expires IS NULL OR q.lease_expires < now()),
+             claimed AS (
                UPDATE df.runs r SET owner = $1, lease_expires = now() + make_interval(secs => $2)
-                 FROM (SELECT instance_id FROM df.runs
-                        WHERE lease_expires IS NULL OR lease_expires < now()
-                        ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) c
+                 FROM (SELECT p.instance_id FROM df.runs p JOIN turns t ON t.instance_id = p.instance_id
+                        WHERE (p.lease_expires IS NULL OR p.lease_expires < now()) AND ($6 = 0 OR t.turn <= $6)
+                        ORDER BY t.turn, t.created_at LIMIT $3 FOR UPDATE OF p SKIP LOCKED) c
                 WHERE r.instance_id = c.instance_id
                 RETURNING r.instance_id),
              started AS (
                UPDATE df.instances i SET status = 'running', updated_at = now()
                  FROM claimed WHERE i.id = claimed.instance_id AND i.status = 'pending')
              ${LOAD} JOIN claimed ON claimed.instance_id = i.id`,
-      values: [this.owner, this.leaseSeconds, limit],
+      values: [this.owner, this.leaseSeconds, limit, [...held.keys()], [...held.values()], perRole],
     });
     return [...grouped(rows).values()];
+  }
+
+  /** Of `ids`, those whose instance is finished or cancelled: a df_cancel notification is only a hint to look. */
+  async ended(ids: string[]): Promise<Set<string>> {
+    const { rows } = await this.pool.query<{ id: string }>({
+      name: 'pgdp_ended',
+      text: `SELECT id FROM df.instances WHERE id = ANY($1::text[]) AND status IN ('completed', 'failed', 'cancelled')`,
+      values: [ids],
+    });
+    return new Set(rows.map((r) => r.id));
   }
 
   /** Extends the leases of the runs held; returns those still held. */

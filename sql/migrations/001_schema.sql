@@ -1,7 +1,15 @@
 -- The df schema's tables: what pg_durable users query (instances, nodes,
 -- vars) plus what the executor needs (runs: claims, leases, wake-up times).
--- The migration runner creates the schema and df.migrations, and runs this
--- file in one transaction under an advisory lock.
+--
+-- Append-only: a released migration is never edited (the proxy refuses a
+-- database whose recorded checksum differs); changes go in a new file.
+-- Functions live in sql/functions/ and are re-applied when they change.
+--
+-- Who writes what: users only read their own instances and nodes
+-- (row-level security); df.start, df.cancel and the executor write them,
+-- through SECURITY DEFINER functions of the schema's owner. So no role can
+-- plant a row the executor must survive, nor probe another role's ids
+-- through a unique-key conflict. df.vars stays writable by its owner.
 
 CREATE TABLE df.instances (
   id            varchar(8) PRIMARY KEY CHECK (id ~ '^[0-9a-f]{8}$'),
@@ -78,8 +86,11 @@ CREATE TABLE df.vars (
 
 -- One row per instance that is not finished: who holds it and until when.
 -- Never granted to users (the lease owner is what fences checkpoints).
+-- submitted_by: the instance's submitter, for fair claims and for checking
+-- who may checkpoint.
 CREATE TABLE df.runs (
   instance_id    varchar(8) PRIMARY KEY REFERENCES df.instances (id) ON DELETE CASCADE,
+  submitted_by   regrole NOT NULL,
   owner          uuid,
   lease_expires  timestamptz,
   created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
@@ -92,19 +103,32 @@ CREATE TABLE df.settings (
   value  text NOT NULL
 );
 
--- Row-level security: a role sees and writes only its own instances, nodes and vars.
+-- Who is calling: a SECURITY DEFINER function sees its owner as
+-- current_user, so the invoker functions in front of it (df.start,
+-- df.cancel) leave a one-off token here as the caller (row-level security
+-- checks the role), and the definer function takes it back. No unique key:
+-- there is nothing to probe.
+CREATE TABLE df.callers (
+  token       uuid NOT NULL,
+  role        regrole NOT NULL DEFAULT to_regrole(quote_ident(current_user)),
+  created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX callers_token ON df.callers (token);
+
+-- Row-level security: a role sees only its own instances, nodes and vars.
 -- Enabled, not forced: the df schema's owner (the executor) sees everything.
 ALTER TABLE df.instances ENABLE ROW LEVEL SECURITY;
 ALTER TABLE df.nodes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE df.vars ENABLE ROW LEVEL SECURITY;
-CREATE POLICY own_instances ON df.instances FOR ALL
-  USING (submitted_by = to_regrole(quote_ident(current_user)))
-  WITH CHECK (submitted_by = to_regrole(quote_ident(current_user)));
-CREATE POLICY own_nodes ON df.nodes FOR ALL
-  USING (submitted_by = to_regrole(quote_ident(current_user)))
-  WITH CHECK (submitted_by = to_regrole(quote_ident(current_user)));
+ALTER TABLE df.callers ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_instances ON df.instances FOR SELECT
+  USING (submitted_by = to_regrole(quote_ident(current_user)));
+CREATE POLICY own_nodes ON df.nodes FOR SELECT
+  USING (submitted_by = to_regrole(quote_ident(current_user)));
 CREATE POLICY own_vars ON df.vars FOR ALL
   USING (owner = to_regrole(quote_ident(current_user)))
   WITH CHECK (owner = to_regrole(quote_ident(current_user)));
+CREATE POLICY own_token ON df.callers FOR INSERT
+  WITH CHECK (role = to_regrole(quote_ident(current_user)));
 
 REVOKE ALL ON ALL TABLES IN SCHEMA df FROM PUBLIC;

@@ -1,25 +1,87 @@
 -- The user-facing functions (pg_durable's surface) and the hooks the
--- executor relies on. df.start runs as the caller, in the caller's
--- transaction: ROLLBACK discards the start, RLS applies, and executors are
--- woken by a NOTIFY that PostgreSQL delivers at COMMIT.
+-- executor relies on. Every function pins search_path to pg_catalog, then
+-- pg_temp (named last: otherwise PostgreSQL searches it first for tables and
+-- types), so no object a user plants in public or pg_temp is ever used.
+--
+-- df.start runs in the caller's transaction: ROLLBACK discards the start,
+-- and executors are woken by a NOTIFY that PostgreSQL delivers at COMMIT. The
+-- rows are written by df._submit as the schema's owner (users have no write
+-- privilege on df.instances or df.nodes); the submitter is the caller's
+-- current_user, handed over through a df.callers token (df._token).
 
-CREATE FUNCTION df._in_workflow() RETURNS boolean LANGUAGE sql STABLE AS $$
+CREATE OR REPLACE FUNCTION df._in_workflow() RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT coalesce(current_setting('df.in_workflow', true), '') = 'true'
 $$;
 
-CREATE FUNCTION df._setting(p_name text) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog AS $$
-  SELECT value FROM df.settings WHERE name = p_name
+CREATE OR REPLACE FUNCTION df._setting(p_name text) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT s.value FROM df.settings s WHERE s.name = p_name
 $$;
 
-CREATE FUNCTION df._new_id() RETURNS text LANGUAGE sql VOLATILE AS $$
+CREATE OR REPLACE FUNCTION df._new_id() RETURNS text LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT right(replace(gen_random_uuid()::text, '-', ''), 8)
 $$;
 
+-- Whether a role can act as a superuser: it is one, it may SET ROLE to one or
+-- inherits one's rights, or it holds a role that reaches the server's files
+-- or programs. Before PostgreSQL 16, CREATEROLE could grant itself those.
+CREATE OR REPLACE FUNCTION df._escalates(p_role oid) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT EXISTS (
+    SELECT FROM pg_catalog.pg_roles s
+     WHERE (s.rolsuper OR s.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files'))
+       AND (s.oid = p_role OR pg_catalog.pg_has_role(p_role, s.oid, 'USAGE')
+            OR pg_catalog.pg_has_role(p_role, s.oid,
+                 CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END)))
+  OR (current_setting('server_version_num')::int < 160000
+      AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = p_role AND r.rolcreaterole))
+$$;
+
+-- Whether a role may act on every role's instances, as the df schema's owner
+-- and superusers may (they are not bound by row-level security).
+CREATE OR REPLACE FUNCTION df._is_admin(p_role oid) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = p_role AND r.rolsuper)
+      OR pg_catalog.pg_has_role(p_role, (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'USAGE')
+$$;
+
+-- Called as the caller (SECURITY INVOKER): leaves a token naming
+-- current_user, which row-level security lets nobody forge.
+CREATE OR REPLACE FUNCTION df._token() RETURNS uuid LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  t uuid := gen_random_uuid();
+BEGIN
+  INSERT INTO df.callers (token) VALUES (t);
+  RETURN t;
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE EXCEPTION 'role "%" may not use durable workflows', current_user USING ERRCODE = '42501',
+    HINT = 'An administrator grants it with SELECT df.grant_usage(''<role>'').';
+END
+$$;
+
+-- In a SECURITY DEFINER function: the role that left the token (once).
+CREATE OR REPLACE FUNCTION df._caller(p_token uuid) RETURNS regrole LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  r regrole;
+BEGIN
+  DELETE FROM df.callers c WHERE c.token = p_token RETURNING c.role INTO r;
+  IF r IS NULL THEN
+    RAISE EXCEPTION 'pg-durable-proxy: no caller token; call the df functions, not their internals' USING ERRCODE = '42501';
+  END IF;
+  RETURN r;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._caller(uuid) FROM PUBLIC;
+
 -- Flattens a graph into df.nodes rows for instance p_instance (pre-order,
 -- fresh 8-hex ids) and returns the root node's id.
-CREATE FUNCTION df._insert_nodes(p_instance text, p_graph jsonb, p_database text) RETURNS text
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION df._insert_nodes(p_instance text, p_graph jsonb, p_database text, p_submitter regrole) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   stack jsonb[];
   stack_ids text[];
@@ -43,7 +105,6 @@ DECLARE
   o_left text[] := '{}';
   o_right text[] := '{}';
   root text := df._new_id();
-  me regrole := to_regrole(quote_ident(current_user));
   tries int := 0;
 BEGIN
   <<attempt>>
@@ -117,47 +178,80 @@ BEGIN
   END LOOP;
 
   INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database)
-  SELECT i, p_instance, ty, qu, na, le, ri, me, p_database
+  SELECT i, p_instance, ty, qu, na, le, ri, p_submitter, p_database
   FROM unnest(o_id, o_type, o_query, o_name, o_left, o_right) AS x(i, ty, qu, na, le, ri);
   RETURN root;
 END
 $$;
 
--- The submission itself: checks, instance row, node rows, vars snapshot.
--- The proxy's compiler calls this with a graph it has already validated.
-CREATE FUNCTION df._submit(fut text, label text, database text) RETURNS text LANGUAGE plpgsql AS $$
+-- The submission itself: checks, instance row, node rows, vars snapshot, as
+-- the schema's owner for the role that left p_token. The proxy's compiler
+-- calls df.start with a graph it has already validated.
+CREATE OR REPLACE FUNCTION df._submit(p_token uuid, fut text, label text, database text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+  me regrole := df._caller(p_token);
   graph jsonb;
-  me text := current_user;
+  snapshot jsonb;
   r record;
-  new_id text;
+  served text;
   got text;
   root text;
   tries int := 0;
 BEGIN
+  -- Bounded, so that what the executor reads back always fits its messages.
+  IF octet_length(fut) > 67108864 THEN
+    RAISE EXCEPTION 'df.start: the workflow takes % bytes, more than the limit of 64 MiB', octet_length(fut) USING ERRCODE = '54000';
+  END IF;
   graph := df._envelope(fut, true);
   IF graph IS NULL THEN
     graph := jsonb_build_object('node_type', 'SQL', 'query', fut);
   END IF;
-  IF database IS NOT NULL AND NOT EXISTS (SELECT FROM pg_database WHERE datname = database) THEN
-    RAISE EXCEPTION 'database "%" does not exist', database USING ERRCODE = '3D000';
+  IF database IS NOT NULL THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_database d WHERE d.datname = database) THEN
+      RAISE EXCEPTION 'database "%" does not exist', database USING ERRCODE = '3D000';
+    END IF;
+    IF NOT has_database_privilege(me::oid, database, 'CONNECT') THEN
+      RAISE EXCEPTION 'permission denied for database "%"', database USING ERRCODE = '42501',
+        DETAIL = format('Role "%s" does not have CONNECT privilege on it, and its steps would run there.', me);
+    END IF;
+    served := df._setting('databases');
+    IF served IS NOT NULL AND NOT database = ANY (string_to_array(served, ',')) THEN
+      RAISE EXCEPTION 'database "%" is not served by pg-durable-proxy', database USING ERRCODE = '42501',
+        HINT = format('The proxy serves: %s (its --databases setting).', served);
+    END IF;
   END IF;
-  SELECT rolcanlogin, rolsuper INTO r FROM pg_roles WHERE rolname = me;
+  SELECT x.rolname, x.rolcanlogin, x.rolsuper INTO r FROM pg_catalog.pg_roles x WHERE x.oid = me;
   IF NOT r.rolcanlogin THEN
-    RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege. The executor must connect as this role to run its steps.', me
+    RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege. The executor must connect as this role to run its steps.', r.rolname
       USING ERRCODE = '42501';
   END IF;
-  IF r.rolsuper AND coalesce(df._setting('allow_superuser_instances'), 'false') <> 'true' THEN
-    RAISE EXCEPTION 'pg-durable-proxy: superuser instances are disabled. current_user "%" is a superuser.', me
+  IF coalesce(df._setting('allow_superuser_instances'), 'false') <> 'true' AND df._escalates(me) THEN
+    IF r.rolsuper THEN
+      RAISE EXCEPTION 'pg-durable-proxy: superuser instances are disabled. current_user "%" is a superuser.', r.rolname
+        USING ERRCODE = '42501',
+        HINT = 'Start workflows as an ordinary role (see df.grant_usage), or run the proxy with --allow-superuser-instances.';
+    END IF;
+    RAISE EXCEPTION 'pg-durable-proxy: superuser instances are disabled. current_user "%" can act as a superuser.', r.rolname
       USING ERRCODE = '42501',
+      DETAIL = 'It may SET ROLE to or inherits from a superuser, or holds pg_execute_server_program, pg_read_server_files '
+               'or pg_write_server_files (or, before PostgreSQL 16, has CREATEROLE).',
       HINT = 'Start workflows as an ordinary role (see df.grant_usage), or run the proxy with --allow-superuser-instances.';
   END IF;
+  SELECT coalesce(jsonb_object_agg(v.name, v.value), '{}') INTO snapshot FROM df.vars v WHERE v.owner = me;
+  IF octet_length(snapshot::text) > 67108864 THEN
+    RAISE EXCEPTION 'df.start: the variables (df.setvar) take % bytes, more than the limit of 64 MiB', octet_length(snapshot::text)
+      USING ERRCODE = '54000',
+      HINT = 'Remove large variables with df.unsetvar() or df.clearvars(), or keep large data in a table of your own.';
+  END IF;
+  -- Labels are indexed (df.list_instances filters on them): an index entry must fit a page.
+  IF octet_length(label) > 2048 THEN
+    RAISE EXCEPTION 'df.start: the label takes % bytes, more than the limit of 2048', octet_length(label) USING ERRCODE = '54000';
+  END IF;
   LOOP
-    new_id := df._new_id();
     INSERT INTO df.instances AS i (id, label, root_node, submitted_by, database, vars)
-    VALUES (new_id, label, '00000000', to_regrole(quote_ident(me)), database,
-            (SELECT coalesce(jsonb_object_agg(v.name, v.value), '{}') FROM df.vars v
-             WHERE v.owner = to_regrole(quote_ident(me))))
+    VALUES (df._new_id(), label, '00000000', me, database, snapshot)
     ON CONFLICT (id) DO NOTHING
     RETURNING i.id INTO got;
     EXIT WHEN got IS NOT NULL;
@@ -166,28 +260,34 @@ BEGIN
       RAISE EXCEPTION 'df.start: could not draw a unique instance id' USING ERRCODE = '23505';
     END IF;
   END LOOP;
-  root := df._insert_nodes(got, graph, database);
+  root := df._insert_nodes(got, graph, database, me);
   UPDATE df.instances i SET root_node = root WHERE i.id = got;
   RETURN got;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df._insert_nodes(text, jsonb, text, regrole) FROM PUBLIC;
 
-CREATE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
-                         transaction_mode text DEFAULT 'caller') RETURNS text LANGUAGE plpgsql AS $$
+-- transaction_mode => 'new' is carried out by the proxy for the one form it
+-- can start at once; df.start itself only explains that form.
+CREATE OR REPLACE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
+                                    transaction_mode text DEFAULT 'caller') RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF fut IS NULL THEN
     RAISE EXCEPTION 'df.start: the workflow is NULL' USING ERRCODE = '22004';
   END IF;
   CASE lower(coalesce(transaction_mode, 'caller'))
     WHEN 'caller' THEN
-      RETURN df._submit(fut, label, database);
+      RETURN df._submit(df._token(), fut, label, database);
     WHEN 'new' THEN
       IF df._in_workflow() THEN
         RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' cannot be used inside a workflow' USING ERRCODE = '0A000';
       END IF;
       RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' needs its own connection, which only pg-durable-proxy can open'
         USING ERRCODE = '0A000',
-        HINT = 'Call df.start through the proxy with the workflow written out in the statement, or start it in a transaction of its own.';
+        HINT = 'Through the proxy, send it as a statement of its own, as a simple query without bind parameters: '
+               'SELECT df.start(''<workflow written out>'', ''<label>'', transaction_mode => ''new''). '
+               'Or start the workflow in a transaction of its own.';
     ELSE
       RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''', transaction_mode
         USING ERRCODE = '22023';
@@ -195,65 +295,76 @@ BEGIN
 END
 $$;
 
--- New instances: a row for the executors, and a wake-up delivered at commit.
-CREATE FUNCTION df._instance_inserted() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog AS $$
+-- New instances: a run row for the executors, and a wake-up delivered at commit.
+CREATE OR REPLACE FUNCTION df._instance_inserted() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  INSERT INTO df.runs (instance_id) VALUES (NEW.id);
+  INSERT INTO df.runs (instance_id, submitted_by) VALUES (NEW.id, NEW.submitted_by);
   PERFORM pg_notify('df_work', NEW.id);
   RETURN NULL;
 END
 $$;
-CREATE TRIGGER instance_inserted AFTER INSERT ON df.instances
+CREATE OR REPLACE TRIGGER instance_inserted AFTER INSERT ON df.instances
   FOR EACH ROW EXECUTE FUNCTION df._instance_inserted();
 
 -- An instance that becomes terminal (df.cancel, or the executor finishing it)
--- leaves the run queue; a running executor is told to stop.
-CREATE FUNCTION df._instance_ended() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog AS $$
+-- leaves the run queue; a running executor is told to look (it re-reads the
+-- status: any role can NOTIFY).
+CREATE OR REPLACE FUNCTION df._instance_ended() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  DELETE FROM df.runs WHERE instance_id = NEW.id;
+  DELETE FROM df.runs r WHERE r.instance_id = NEW.id;
   PERFORM pg_notify('df_cancel', NEW.id);
   RETURN NULL;
 END
 $$;
-CREATE TRIGGER instance_ended AFTER UPDATE OF status ON df.instances
+CREATE OR REPLACE TRIGGER instance_ended AFTER UPDATE OF status ON df.instances
   FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled') AND OLD.status NOT IN ('completed', 'failed', 'cancelled'))
   EXECUTE FUNCTION df._instance_ended();
+REVOKE EXECUTE ON FUNCTION df._instance_inserted(), df._instance_ended() FROM PUBLIC;
 
--- A SQL step's checkpoint, called in the step's own transaction as the
--- submitter. It holds the run row (so no other executor can take the instance
--- over until this transaction ends) and refuses if this executor no longer
--- owns it, or the instance was cancelled: then the step rolls back with it.
-CREATE FUNCTION df._checkpoint(p_instance text, p_node text, p_owner uuid, p_stamp text, p_result text)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+-- A SQL step's checkpoint, called in the step's own transaction on a
+-- connection logged in as the submitter (or by the executor itself). It holds
+-- the run row (so no other executor can take the instance over until this
+-- transaction ends) and refuses if this executor no longer owns it, the
+-- instance was cancelled, or the caller is neither its submitter nor an
+-- administrator: then the step rolls back with it.
+CREATE OR REPLACE FUNCTION df._checkpoint(p_instance text, p_node text, p_owner uuid, p_stamp text, p_result text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  PERFORM FROM df.runs WHERE instance_id = p_instance AND owner = p_owner FOR SHARE;
+  PERFORM FROM df.runs r
+   WHERE r.instance_id = p_instance AND r.owner = p_owner
+     AND (r.submitted_by = to_regrole(quote_ident(session_user)) OR df._is_admin(to_regrole(quote_ident(session_user))))
+     FOR SHARE OF r;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'pg-durable-proxy: instance % is no longer held by this executor (cancelled, finished or taken over)', p_instance
       USING ERRCODE = '40001';
   END IF;
-  UPDATE df.nodes SET status = 'completed', result = p_result::jsonb, raw_result = p_result, stamp = p_stamp,
+  UPDATE df.nodes n SET status = 'completed', result = p_result::jsonb, raw_result = p_result, stamp = p_stamp,
          status_details = jsonb_build_object('execution_id', p_instance || '::' || coalesce(nullif(p_stamp, ''), '1')),
          updated_at = now()
-   WHERE instance_id = p_instance AND id = p_node;
+   WHERE n.instance_id = p_instance AND n.id = p_node;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) FROM PUBLIC;
 
--- ---- monitoring and control
+-- ---- monitoring and control: read through row-level security, as the caller
 
-CREATE FUNCTION df.status(instance_id text) RETURNS text LANGUAGE sql STABLE STRICT AS $$
+CREATE OR REPLACE FUNCTION df.status(instance_id text) RETURNS text LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT i.status FROM df.instances i WHERE i.id = instance_id
 $$;
 
-CREATE FUNCTION df.result(instance_id text) RETURNS text LANGUAGE sql STABLE STRICT AS $$
+CREATE OR REPLACE FUNCTION df.result(instance_id text) RETURNS text LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT n.result::text FROM df.instances i JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
    WHERE i.id = $1 AND n.status = 'completed'
 $$;
 
-CREATE FUNCTION df.await_instance(instance_id text, timeout_seconds int DEFAULT 30) RETURNS text
-LANGUAGE plpgsql STRICT AS $$
+CREATE OR REPLACE FUNCTION df.await_instance(instance_id text, timeout_seconds int DEFAULT 30) RETURNS text
+LANGUAGE plpgsql STRICT
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   s text;
   deadline timestamptz;
@@ -282,42 +393,42 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds int DEFAULT 30) RETURNS text
-LANGUAGE plpgsql STRICT AS $$
+CREATE OR REPLACE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds int DEFAULT 30) RETURNS text
+LANGUAGE plpgsql STRICT
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   RAISE WARNING 'df.wait_for_completion() is deprecated; use df.await_instance()';
   RETURN df.await_instance(instance_id, timeout_seconds);
 END
 $$;
 
-CREATE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user') RETURNS text
-LANGUAGE plpgsql STRICT AS $$
+-- Cancels as the schema's owner for the caller, who must be the instance's
+-- submitter or an administrator; anyone else learns only that no such
+-- instance is theirs.
+CREATE OR REPLACE FUNCTION df._cancel(p_token uuid, p_instance text, p_reason text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me regrole := df._caller(p_token);
 BEGIN
-  PERFORM FROM df.instances i WHERE i.id = cancel.instance_id;
+  PERFORM FROM df.instances i WHERE i.id = p_instance AND (i.submitted_by = me OR df._is_admin(me));
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'Instance not found or access denied: %', instance_id USING ERRCODE = 'P0002';
+    RAISE EXCEPTION 'Instance not found or access denied: %', p_instance USING ERRCODE = 'P0002';
   END IF;
-  UPDATE df.instances i SET status = 'cancelled', updated_at = now(), output = reason
-   WHERE i.id = cancel.instance_id AND i.status NOT IN ('completed', 'failed', 'cancelled');
-  RETURN format('Instance %s cancelled: %s', instance_id, reason);
+  UPDATE df.instances i SET status = 'cancelled', updated_at = now(), output = p_reason
+   WHERE i.id = p_instance AND i.status NOT IN ('completed', 'failed', 'cancelled');
+  RETURN format('Instance %s cancelled: %s', p_instance, p_reason);
 END
 $$;
 
-CREATE FUNCTION df.list_instances(status_filter text DEFAULT NULL, limit_count int DEFAULT 100)
-RETURNS TABLE (instance_id text, label text, function_name text, status text, execution_count bigint, output text)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  PERFORM df._check_limit(limit_count);
-  RETURN QUERY
-    SELECT i.id::text, i.label, 'pg_durable::orchestration::execute-function-graph'::text, i.status, 1::bigint, i.output
-      FROM df.instances i
-     WHERE status_filter IS NULL OR i.status = status_filter
-     ORDER BY i.created_at DESC, i.id
-     LIMIT limit_count;
-END
+CREATE OR REPLACE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user') RETURNS text
+LANGUAGE sql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT df._cancel(df._token(), instance_id, reason)
 $$;
 
-CREATE FUNCTION df._check_limit(limit_count int) RETURNS void LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION df._check_limit(limit_count int) RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   cap int := coalesce(nullif(current_setting('df.list_instances_max_limit', true), '')::int, 1000);
 BEGIN
@@ -332,8 +443,11 @@ END
 $$;
 
 -- Keyset pages ordered (created_at DESC, id ASC); the cursor is the hex of
--- v1|<created_at>|<id> of the page's last row, the same on every row, NULL on the last page.
-CREATE FUNCTION df._decode_cursor(after_cursor text, OUT ts timestamptz, OUT id text) LANGUAGE plpgsql IMMUTABLE AS $$
+-- v1|<created_at>|<id> of the page's last row, the same on every row, NULL on
+-- the last page. A cursor is accepted only in the exact form df.list_instances
+-- makes ('yesterday' is a valid timestamptz, but no page ends there).
+CREATE OR REPLACE FUNCTION df._decode_cursor(after_cursor text, OUT ts timestamptz, OUT id text) LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   parts text[];
 BEGIN
@@ -345,7 +459,8 @@ BEGIN
       RAISE EXCEPTION 'bad';
     END IF;
     parts := string_to_array(convert_from(decode(after_cursor, 'hex'), 'UTF8'), '|');
-    IF cardinality(parts) <> 3 OR parts[1] <> 'v1' OR parts[3] !~ '^[0-9a-f]{8}$' THEN
+    IF cardinality(parts) <> 3 OR parts[1] <> 'v1' OR parts[3] !~ '^[0-9a-f]{8}$'
+       OR parts[2] !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00$' THEN
       RAISE EXCEPTION 'bad';
     END IF;
     ts := parts[2]::timestamptz;
@@ -356,41 +471,16 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.list_instances(status_filter text, limit_count int, label_filter text, after_cursor text DEFAULT NULL)
-RETURNS TABLE (instance_id text, label text, function_name text, status text, execution_count bigint, output text,
-               created_at timestamptz, completed_at timestamptz, next_cursor text)
-LANGUAGE sql STABLE AS $$
-  WITH c AS (SELECT d.ts, d.id FROM df._decode_cursor(after_cursor) d, df._check_limit(limit_count) x),
-  page AS (
-    SELECT i.id, i.label, i.status, i.output, i.created_at, i.completed_at,
-           row_number() OVER (ORDER BY i.created_at DESC, i.id) AS rn
-      FROM df.instances i, c
-     WHERE (status_filter IS NULL OR i.status = status_filter)
-       AND (label_filter IS NULL OR i.label = label_filter)
-       AND (c.ts IS NULL OR i.created_at < c.ts OR (i.created_at = c.ts AND i.id > c.id))
-     ORDER BY i.created_at DESC, i.id
-     LIMIT limit_count + 1
-  ),
-  cursor AS (
-    SELECT encode(convert_to('v1|' || to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00|' || l.id, 'UTF8'), 'hex') AS v
-      FROM page l WHERE l.rn = limit_count AND EXISTS (SELECT FROM page m WHERE m.rn > limit_count)
-  )
-  SELECT p.id::text, p.label, 'pg_durable::orchestration::execute-function-graph'::text, p.status, 1::bigint, p.output,
-         p.created_at, p.completed_at, (SELECT v FROM cursor)
-    FROM page p
-   WHERE p.rn <= limit_count
-   ORDER BY p.rn
-$$;
-
 -- One row per node, with the status a reader should see: a node that did not
 -- run because an ancestor already finished (the untaken IF arm, the right side
 -- of a failed THEN, a RACE loser) is 'skipped'; a result from an earlier loop
 -- iteration is superseded.
-CREATE FUNCTION df.instance_nodes(instance_id_param text)
+CREATE OR REPLACE FUNCTION df.instance_nodes(instance_id_param text)
 RETURNS TABLE (node_id text, node_type text, query text, result_name text, left_node text, right_node text,
                status text, result text, status_details text, inferred_status text,
                inferred_status_from_ancestor_id text, updated_at timestamptz)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   WITH RECURSIVE n AS (
     SELECT x.*, CASE WHEN x.node_type IN ('IF', 'LOOP', 'JOIN') AND left(x.query, 1) = '{' THEN x.query::jsonb END AS cfg
       FROM df.nodes x WHERE x.instance_id = instance_id_param
@@ -429,7 +519,10 @@ $$;
 
 -- ---- variables: the caller's own, transactional, snapshotted by df.start
 
-CREATE FUNCTION df._no_workflow(fn text) RETURNS void LANGUAGE plpgsql STABLE AS $$
+-- ---- variables: the caller's own, transactional, snapshotted by df.start
+
+CREATE OR REPLACE FUNCTION df._no_workflow(fn text) RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF df._in_workflow() THEN
     RAISE EXCEPTION '%() cannot be called inside a workflow - variables are captured when df.start() is called', fn
@@ -438,7 +531,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.setvar(name text, value text) RETURNS text LANGUAGE plpgsql STRICT AS $$
+CREATE OR REPLACE FUNCTION df.setvar(name text, value text) RETURNS text LANGUAGE plpgsql STRICT
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   PERFORM df._no_workflow('df.setvar');
   INSERT INTO df.vars (name, value) VALUES (setvar.name, setvar.value)
@@ -447,11 +541,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.getvar(name text) RETURNS text LANGUAGE sql STABLE STRICT AS $$
+CREATE OR REPLACE FUNCTION df.getvar(name text) RETURNS text LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT v.value FROM df.vars v WHERE v.name = getvar.name AND v.owner = to_regrole(quote_ident(current_user))
 $$;
 
-CREATE FUNCTION df.unsetvar(name text) RETURNS text LANGUAGE plpgsql STRICT AS $$
+CREATE OR REPLACE FUNCTION df.unsetvar(name text) RETURNS text LANGUAGE plpgsql STRICT
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   PERFORM df._no_workflow('df.unsetvar');
   DELETE FROM df.vars v WHERE v.name = unsetvar.name AND v.owner = to_regrole(quote_ident(current_user));
@@ -459,7 +555,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.clearvars() RETURNS text LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION df.clearvars() RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   PERFORM df._no_workflow('df.clearvars');
   DELETE FROM df.vars v WHERE v.owner = to_regrole(quote_ident(current_user));
@@ -469,40 +566,3 @@ $$;
 
 -- ---- grants
 
-CREATE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false, with_grant boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-  g text := CASE WHEN with_grant THEN ' WITH GRANT OPTION' ELSE '' END;
-  r text := CASE WHEN lower(p_role) = 'public' THEN 'PUBLIC' ELSE quote_ident(p_role) END;
-BEGIN
-  EXECUTE format('GRANT USAGE ON SCHEMA df TO %s%s', r, g);
-  EXECUTE format('GRANT SELECT, UPDATE (status, updated_at, output) ON df.instances TO %s%s', r, g);
-  EXECUTE format('GRANT INSERT (id, label, root_node, submitted_by, database, vars) ON df.instances TO %s%s', r, g);
-  EXECUTE format('GRANT UPDATE (root_node) ON df.instances TO %s%s', r, g);
-  EXECUTE format('GRANT SELECT ON df.nodes TO %s%s', r, g);
-  EXECUTE format('GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database) ON df.nodes TO %s%s', r, g);
-  EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %s%s', r, g);
-  EXECUTE format('GRANT EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) TO %s%s', r, g);
-  IF with_grant THEN
-    EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text) TO %s%s', r, g);
-  END IF;
-  RAISE NOTICE 'granted df usage to %', p_role;
-END
-$$;
-
-CREATE FUNCTION df.revoke_usage(p_role text) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-  r text := CASE WHEN lower(p_role) = 'public' THEN 'PUBLIC' ELSE quote_ident(p_role) END;
-BEGIN
-  EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars FROM %s CASCADE', r);
-  EXECUTE format('REVOKE EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) FROM %s CASCADE', r);
-  BEGIN
-    EXECUTE format('REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text) FROM %s CASCADE', r);
-  EXCEPTION WHEN insufficient_privilege THEN
-    NULL;
-  END;
-  EXECUTE format('REVOKE USAGE ON SCHEMA df FROM %s CASCADE', r);
-  RAISE NOTICE 'revoked df usage from %', p_role;
-END
-$$;
-REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text) FROM PUBLIC;

@@ -5,9 +5,10 @@
 -- of the format: node_type, left_node, right_node, condition_node,
 -- extra_nodes, query, result_name; children are embedded verbatim.
 
-CREATE FUNCTION df._node(node_type text, left_node text, right_node text, condition_node text,
+CREATE OR REPLACE FUNCTION df._node(node_type text, left_node text, right_node text, condition_node text,
                          extra_nodes text[], query text, result_name text)
-RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT '{"node_type":' || to_json(node_type)::text
     || coalesce(',"left_node":' || left_node, '')
     || coalesce(',"right_node":' || right_node, '')
@@ -18,7 +19,8 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     || '}'
 $$;
 
-CREATE FUNCTION df._valid_types() RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df._valid_types() RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
                'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL']
 $$;
@@ -26,8 +28,9 @@ $$;
 -- The envelope in t, or NULL when t is not one (plain SQL, other JSON, or an
 -- unknown node_type unless strict). A JSON object with a valid node_type that
 -- does not have the envelope's shape is an error.
-CREATE FUNCTION df._envelope(t text, strict boolean) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df._envelope(t text, strict boolean) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   j jsonb;
   k text;
@@ -73,7 +76,8 @@ END
 $$;
 
 -- Auto-wrap: an envelope is used as a node, anything else becomes a SQL step.
-CREATE FUNCTION df._ensure(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df._ensure(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF t IS NULL THEN
     RETURN NULL;
@@ -87,7 +91,8 @@ $$;
 
 -- Canonical compact text of a parsed envelope (used when df.as renames a node
 -- that already has a name, the one case where an envelope is rebuilt).
-CREATE FUNCTION df._render(j jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df._render(j jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node(j ->> 'node_type',
     CASE WHEN jsonb_typeof(j -> 'left_node') = 'object' THEN df._render(j -> 'left_node') END,
     CASE WHEN jsonb_typeof(j -> 'right_node') = 'object' THEN df._render(j -> 'right_node') END,
@@ -96,27 +101,33 @@ CREATE FUNCTION df._render(j jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL
     j ->> 'query', j ->> 'result_name')
 $$;
 
-CREATE FUNCTION df.sql(query text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.sql(query text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('SQL', NULL, NULL, NULL, NULL, query, NULL)
 $$;
 
-CREATE FUNCTION df.seq(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.seq(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('THEN', df._ensure(a), df._ensure(b), NULL, NULL, NULL, NULL)
 $$;
 
-CREATE FUNCTION df.join(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.join(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('JOIN', df._ensure(a), df._ensure(b), NULL, NULL, NULL, NULL)
 $$;
 
-CREATE FUNCTION df.join3(a text, b text, c text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.join3(a text, b text, c text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('JOIN', df._ensure(a), df._ensure(b), NULL, ARRAY[df._ensure(c)], NULL, NULL)
 $$;
 
-CREATE FUNCTION df.race(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.race(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('RACE', df._ensure(a), df._ensure(b), NULL, NULL, NULL, NULL)
 $$;
 
-CREATE FUNCTION df.as(fut text, name text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.as(fut text, name text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   node text;
   j jsonb;
@@ -134,19 +145,22 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.if(condition text, then_branch text, else_branch text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.if(condition text, then_branch text, else_branch text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('IF', df._ensure(then_branch), df._ensure(else_branch), df._ensure(condition), NULL, NULL, NULL)
 $$;
 
-CREATE FUNCTION df.if_rows(result_name text, then_branch text, else_branch text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.if_rows(result_name text, then_branch text, else_branch text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('IF', df._ensure(then_branch), df._ensure(else_branch), NULL, NULL,
     '{"condition_type":"result_has_rows","result_name":' || to_json(result_name)::text || '}', NULL)
 $$;
 
-CREATE FUNCTION df.loop(body text, condition text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.loop(body text, condition text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF body IS NULL THEN
     RAISE EXCEPTION 'df.loop: body must not be NULL' USING ERRCODE = '22004';
@@ -156,12 +170,14 @@ END
 $$;
 
 -- The value is literal: never wrapped as a step, never substituted.
-CREATE FUNCTION df.break(value text DEFAULT NULL) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.break(value text DEFAULT NULL) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._node('BREAK', NULL, NULL, NULL, NULL,
     '{"break_value":' || coalesce(to_json(value)::text, 'null') || '}', NULL)
 $$;
 
-CREATE FUNCTION df.sleep(seconds bigint) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.sleep(seconds bigint) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF seconds < 0 THEN
     RAISE EXCEPTION 'Sleep duration must be non-negative' USING ERRCODE = '22023';
@@ -171,18 +187,21 @@ END
 $$;
 
 -- Operator bodies.
-CREATE FUNCTION df.as_op(fut text, name text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.as_op(fut text, name text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df.as(fut, name)
 $$;
 
 -- `c ?> t` is half an if: `!>` completes it.
-CREATE FUNCTION df.if_then_op(condition text, then_branch text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.if_then_op(condition text, then_branch text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT jsonb_build_object('_partial_if', true, 'condition', condition, 'then_branch', then_branch)::text
 $$;
 
-CREATE FUNCTION df.if_else_op(partial text, else_branch text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.if_else_op(partial text, else_branch text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   p jsonb;
 BEGIN
@@ -199,22 +218,30 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.loop_prefix_op(body text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+CREATE OR REPLACE FUNCTION df.loop_prefix_op(body text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT df.loop(body)
 $$;
 
 -- The operators live where pg_durable puts them (pg_catalog, so that every
 -- search_path finds them) when the installer may write there, else in public.
+-- An operator has no CREATE OR REPLACE: each is created once; re-applying this
+-- file replaces the functions behind them, which the operators follow.
 DO $do$
 DECLARE
-  s text := CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN 'pg_catalog' ELSE 'public' END;
+  s text := CASE WHEN (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN 'pg_catalog' ELSE 'public' END;
+  op record;
 BEGIN
-  EXECUTE format('CREATE OPERATOR %s.~> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.seq)', s);
-  EXECUTE format('CREATE OPERATOR %s.|=> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.as_op)', s);
-  EXECUTE format('CREATE OPERATOR %s.& (LEFTARG = text, RIGHTARG = text, FUNCTION = df.join)', s);
-  EXECUTE format('CREATE OPERATOR %s.| (LEFTARG = text, RIGHTARG = text, FUNCTION = df.race)', s);
-  EXECUTE format('CREATE OPERATOR %s.?> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_then_op)', s);
-  EXECUTE format('CREATE OPERATOR %s.!> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_else_op)', s);
-  EXECUTE format('CREATE OPERATOR %s.@> (RIGHTARG = text, FUNCTION = df.loop_prefix_op)', s);
+  FOR op IN SELECT * FROM (VALUES ('~>', 'text', 'df.seq'), ('|=>', 'text', 'df.as_op'), ('&', 'text', 'df.join'),
+                                  ('|', 'text', 'df.race'), ('?>', 'text', 'df.if_then_op'), ('!>', 'text', 'df.if_else_op'),
+                                  ('@>', NULL, 'df.loop_prefix_op')) AS v(name, leftarg, fn)
+  LOOP
+    CONTINUE WHEN EXISTS (
+      SELECT FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+       WHERE n.nspname = s AND o.oprname = op.name AND o.oprright = 'pg_catalog.text'::pg_catalog.regtype
+         AND o.oprleft = coalesce(op.leftarg::pg_catalog.regtype::pg_catalog.oid, 0::pg_catalog.oid));
+    EXECUTE pg_catalog.format('CREATE OPERATOR %s.%s (%sRIGHTARG = text, FUNCTION = %s)',
+      s, op.name, CASE WHEN op.leftarg IS NULL THEN '' ELSE 'LEFTARG = text, ' END, op.fn);
+  END LOOP;
 END
 $do$;

@@ -5,20 +5,23 @@
 -- workflow has exactly one.
 
 -- 1 + the generations a root LOOP has moved on, as pg_durable counts them.
-CREATE FUNCTION df._executions(p_instance text) RETURNS bigint LANGUAGE sql STABLE AS $$
+CREATE OR REPLACE FUNCTION df._executions(p_instance text) RETURNS bigint LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT coalesce((SELECT greatest(n.iteration, 1) FROM df.instances i JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
                     WHERE i.id = p_instance AND n.node_type = 'LOOP'), 1)::bigint
 $$;
 
 -- The engine's words for a df status.
-CREATE FUNCTION df._engine_status(status text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION df._engine_status(status text) RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT CASE status WHEN 'completed' THEN 'Completed' WHEN 'failed' THEN 'Failed' WHEN 'cancelled' THEN 'Cancelled'
                      ELSE 'Running' END
 $$;
 
 CREATE OR REPLACE FUNCTION df.list_instances(status_filter text DEFAULT NULL, limit_count int DEFAULT 100)
 RETURNS TABLE (instance_id text, label text, function_name text, status text, execution_count bigint, output text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   PERFORM df._check_limit(limit_count);
   RETURN QUERY
@@ -33,7 +36,8 @@ $$;
 CREATE OR REPLACE FUNCTION df.list_instances(status_filter text, limit_count int, label_filter text, after_cursor text DEFAULT NULL)
 RETURNS TABLE (instance_id text, label text, function_name text, status text, execution_count bigint, output text,
                created_at timestamptz, completed_at timestamptz, next_cursor text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   WITH c AS (SELECT d.ts, d.id FROM df._decode_cursor(after_cursor) d, df._check_limit(limit_count) x),
   page AS (
     SELECT i.id, i.label, i.status, i.output, i.created_at, i.completed_at,
@@ -57,10 +61,11 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- function_version is the pg-durable-proxy release serving the database (pg_durable: the orchestration's version).
-CREATE FUNCTION df.instance_info(instance_id_param text)
+CREATE OR REPLACE FUNCTION df.instance_info(instance_id_param text)
 RETURNS TABLE (instance_id text, label text, function_name text, function_version text, current_execution_id bigint,
                status text, output text)
-LANGUAGE sql STABLE STRICT AS $$
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT i.id::text, i.label, 'pg_durable::orchestration::execute-function-graph'::text, df._setting('proxy_version'),
          df._executions(i.id), i.status, i.output
     FROM df.instances i WHERE i.id = instance_id_param
@@ -70,9 +75,10 @@ $$;
 -- finished in it (event_count) and, once ended, its duration; the df schema
 -- keeps no history of a root LOOP's earlier iterations, so they are listed as
 -- ContinuedAsNew with no events, duration or output.
-CREATE FUNCTION df.instance_executions(instance_id text, limit_count int DEFAULT 5)
+CREATE OR REPLACE FUNCTION df.instance_executions(instance_id text, limit_count int DEFAULT 5)
 RETURNS TABLE (execution_id bigint, status text, event_count bigint, duration_ms bigint, output text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   i record;
   cur bigint;
@@ -104,10 +110,10 @@ END
 $$;
 
 -- Engine-wide counts: every role's instances (not filtered by row-level security).
-CREATE FUNCTION df.metrics()
+CREATE OR REPLACE FUNCTION df.metrics()
 RETURNS TABLE (total_instances bigint, running_instances bigint, completed_instances bigint, failed_instances bigint,
                total_executions bigint, total_events bigint)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
   SELECT count(*), count(*) FILTER (WHERE i.status IN ('pending', 'running')),
          count(*) FILTER (WHERE i.status = 'completed'), count(*) FILTER (WHERE i.status = 'failed'),
          coalesce(sum(CASE WHEN r.node_type = 'LOOP' THEN greatest(r.iteration, 1) ELSE 1 END), 0)::bigint,
@@ -117,45 +123,54 @@ $$;
 REVOKE EXECUTE ON FUNCTION df.metrics() FROM PUBLIC;
 
 -- The 0.1 form of df.instance_nodes: 10 columns, every node in execution 1, no inferred status.
-CREATE FUNCTION df.instance_nodes(instance_id_param text, execution_id_param int)
+CREATE OR REPLACE FUNCTION df.instance_nodes(instance_id_param text, execution_id_param int)
 RETURNS TABLE (node_id text, node_type text, query text, result_name text, left_node text, right_node text,
                status text, result text, execution_id int, updated_at timestamptz)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT n.id::text, n.node_type, n.query, n.result_name, n.left_node::text, n.right_node::text, n.status, n.result::text, 1, n.updated_at
     FROM df.nodes n WHERE n.instance_id = instance_id_param
 $$;
 
-CREATE FUNCTION df.version() RETURNS text LANGUAGE sql STABLE AS $$
+CREATE OR REPLACE FUNCTION df.version() RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT '0.2.6 (pg-durable-proxy ' || coalesce(df._setting('proxy_version'), 'unknown') || ')'
 $$;
 
 -- Every database the proxy serves runs its own workflows.
-CREATE FUNCTION df.target_database() RETURNS text LANGUAGE sql STABLE AS $$
+CREATE OR REPLACE FUNCTION df.target_database() RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT current_database()::text
 $$;
 
 -- pg_durable's engine keeps its history in a schema of its own; here everything is in df.
-CREATE FUNCTION df.duroxide_schema() RETURNS text LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION df.duroxide_schema() RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
   SELECT 'df'::text
 $$;
 
 -- A stub in pg_durable too: the executor picks work up by itself.
-CREATE FUNCTION df.run(instance_id text DEFAULT NULL) RETURNS void LANGUAGE sql AS $$
+CREATE OR REPLACE FUNCTION df.run(instance_id text DEFAULT NULL) RETURNS void LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
+-- ---- grants
+
+-- What a role needs to start and watch its own workflows. Additive; the
+-- caller needs each privilege with grant option (the df owner has them all).
+-- Stricter than pg_durable: no INSERT or UPDATE on df.instances or df.nodes
+-- (df.start and df.cancel write them), INSERT on df.callers instead.
 CREATE OR REPLACE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false, with_grant boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   g text := CASE WHEN with_grant THEN ' WITH GRANT OPTION' ELSE '' END;
   r text := CASE WHEN lower(p_role) = 'public' THEN 'PUBLIC' ELSE quote_ident(p_role) END;
 BEGIN
   EXECUTE format('GRANT USAGE ON SCHEMA df TO %s%s', r, g);
-  EXECUTE format('GRANT SELECT, UPDATE (status, updated_at, output) ON df.instances TO %s%s', r, g);
-  EXECUTE format('GRANT INSERT (id, label, root_node, submitted_by, database, vars) ON df.instances TO %s%s', r, g);
-  EXECUTE format('GRANT UPDATE (root_node) ON df.instances TO %s%s', r, g);
-  EXECUTE format('GRANT SELECT ON df.nodes TO %s%s', r, g);
-  EXECUTE format('GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database) ON df.nodes TO %s%s', r, g);
+  EXECUTE format('GRANT SELECT ON df.instances, df.nodes TO %s%s', r, g);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %s%s', r, g);
+  EXECUTE format('GRANT INSERT ON df.callers TO %s%s', r, g);
   EXECUTE format('GRANT EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) TO %s%s', r, g);
   IF with_grant THEN
     EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text), df.metrics() TO %s%s', r, g);
@@ -164,11 +179,12 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION df.revoke_usage(p_role text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION df.revoke_usage(p_role text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   r text := CASE WHEN lower(p_role) = 'public' THEN 'PUBLIC' ELSE quote_ident(p_role) END;
 BEGIN
-  EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars FROM %s CASCADE', r);
+  EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars, df.callers FROM %s CASCADE', r);
   EXECUTE format('REVOKE EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) FROM %s CASCADE', r);
   BEGIN
     EXECUTE format('REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text), df.metrics() FROM %s CASCADE', r);
@@ -179,29 +195,4 @@ BEGIN
   RAISE NOTICE 'revoked df usage from %', p_role;
 END
 $$;
-
--- A cursor is accepted only in the exact form df.list_instances makes
--- ('yesterday' is a valid timestamptz, but no page ends there).
-CREATE OR REPLACE FUNCTION df._decode_cursor(after_cursor text, OUT ts timestamptz, OUT id text) LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-  parts text[];
-BEGIN
-  IF after_cursor IS NULL THEN
-    RETURN;
-  END IF;
-  BEGIN
-    IF length(after_cursor) > 512 OR after_cursor !~ '^([0-9a-f]{2})+$' THEN
-      RAISE EXCEPTION 'bad';
-    END IF;
-    parts := string_to_array(convert_from(decode(after_cursor, 'hex'), 'UTF8'), '|');
-    IF cardinality(parts) <> 3 OR parts[1] <> 'v1' OR parts[3] !~ '^[0-9a-f]{8}$'
-       OR parts[2] !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00$' THEN
-      RAISE EXCEPTION 'bad';
-    END IF;
-    ts := parts[2]::timestamptz;
-    id := parts[3];
-  EXCEPTION WHEN others THEN
-    RAISE EXCEPTION 'df.list_instances: invalid after_cursor' USING ERRCODE = '22023';
-  END;
-END
-$$;
+REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text) FROM PUBLIC;
