@@ -86,6 +86,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     maxInstances: cfg.maxInstances,
     maxInstancesPerRole: cfg.maxInstancesPerRole,
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
+    ...(cfg.dfOwner ? { dfOwner: cfg.dfOwner } : {}),
     allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,
   });
   await loadDslParser();

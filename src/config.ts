@@ -57,6 +57,11 @@ const settings = {
     .regex(/^[^,]+(,[^,]+)*$/, 'expected database names separated by commas')
     .optional()
     .describe('databases the executor serves, comma-separated (default: every database with a df schema, and each one a client connects to)'),
+  dfOwner: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("role that owns the df schema, of which the executor's login is a member (default: the executor's login role itself)"),
   leaseTimeout: z.coerce.number().int().min(2).max(3600).default(30).describe("seconds until another proxy may take over a dead proxy's workflows"),
   embeddedPort: z.coerce.number().int().min(0).max(65535).default(0).describe('port of the embedded PostgreSQL on 127.0.0.1; 0 picks a free one'),
   maxStepResult: z.coerce

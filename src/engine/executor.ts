@@ -36,6 +36,8 @@ export interface ExecutorOptions {
   stepPoolSize: number;
   /** Serve only these databases; default: every database with a df schema, and any a client uses. */
   databases?: string[];
+  /** The role that owns the df schema (the control login is a member of it); default: the control login itself. */
+  dfOwner?: string;
 }
 
 export const EXECUTOR_DEFAULTS = {
@@ -213,7 +215,7 @@ class DatabaseWorker {
     try {
       const client = await pool.connect();
       try {
-        const installed = await install(client);
+        const installed = await install(client, opts.dfOwner);
         if (installed.migrations.length || installed.functions) {
           opts.log.info({ database, migrations: installed.migrations, functions: installed.functions }, 'df schema installed');
         }

@@ -9,7 +9,7 @@
 //     differs from what is recorded in df.function_files, unless a newer
 //     release recorded them.
 // The connection must pin search_path (the executor's control connections do).
-import type pg from 'pg';
+import pg from 'pg';
 import { VERSION } from '../version.js';
 import { shipped } from './files.js';
 import { foreignObjects, SchemaRefused } from './verify.js';
@@ -53,11 +53,23 @@ async function refuseForeign(client: pg.ClientBase): Promise<void> {
   }
 }
 
-export async function install(client: pg.ClientBase): Promise<Installed> {
+/**
+ * `owner`: the role the schema belongs to, when it is not the connection's
+ * login; everything is checked and made as that role (SET ROLE), so what the
+ * installer creates is the owner's.
+ */
+export async function install(client: pg.ClientBase, owner?: string): Promise<Installed> {
   const { migrations, functions } = shipped();
   const out: Installed = { migrations: [], functions: false };
   await client.query('SELECT pg_catalog.pg_advisory_lock($1)', [LOCK_KEY.toString()]);
   try {
+    if (owner !== undefined) {
+      try {
+        await client.query(`SET ROLE ${pg.escapeIdentifier(owner)}`);
+      } catch (err) {
+        throw new SchemaRefused(`the executor cannot act as the df owner "${owner}" (--df-owner): ${(err as Error).message}`);
+      }
+    }
     const { rows: ns } = await client.query<{ exists: boolean }>(
       `SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'df') AS exists`,
     );
@@ -135,6 +147,7 @@ export async function install(client: pg.ClientBase): Promise<Installed> {
     // What was just made is ours; what was there before (an operator of the DSL's name) may not be.
     await refuseForeign(client);
   } finally {
+    if (owner !== undefined) await client.query('RESET ROLE').catch(() => {});
     await client.query('SELECT pg_catalog.pg_advisory_unlock($1)', [LOCK_KEY.toString()]).catch(() => {});
   }
   return out;

@@ -409,6 +409,37 @@ describe('the executor serves only a df schema that is its own', () => {
     await admin.query(`ALTER ROLE ${MALLORY} NOCREATEDB`);
   });
 
+  it('with --df-owner the schema is made as that role, and an executor that neither is it nor names it refuses the schema', async () => {
+    await admin.query(`DO $$ BEGIN CREATE ROLE pgdp_sx_owner NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$`);
+    const db = 'pgdp_sx_owned';
+    await freshDatabase(db);
+    // What a df owner needs: to create the schema, and (not being a superuser) the DSL operators in public.
+    const setup = new pg.Client(dbUrl(env().adminUrl, db));
+    await setup.connect();
+    await setup.query(`GRANT CREATE ON DATABASE ${db} TO pgdp_sx_owner; GRANT CREATE ON SCHEMA public TO pgdp_sx_owner`);
+    await setup.end();
+    const owned = (): Executor => new Executor({ ...executorOptions(db), log, databases: [db], dfOwner: 'pgdp_sx_owner' });
+    const first = owned();
+    await first.serve(db);
+    await first.close();
+    const a = new pg.Client(dbUrl(env().adminUrl, db));
+    await a.connect();
+    const { rows } = await a.query<{ owner: string }>(
+      `SELECT DISTINCT owner FROM (SELECT nspowner::regrole::text AS owner FROM pg_namespace WHERE nspname = 'df'
+        UNION ALL SELECT relowner::regrole::text FROM pg_class WHERE relnamespace = 'df'::regnamespace
+        UNION ALL SELECT proowner::regrole::text FROM pg_proc WHERE pronamespace = 'df'::regnamespace) o`,
+    );
+    await a.end();
+    expect(rows).toEqual([{ owner: 'pgdp_sx_owner' }]);
+    const other = executorFor(db);
+    await expect(other.serve(db)).rejects.toThrow(/schema df is owned by pgdp_sx_owner/);
+    await other.close();
+    const again = owned();
+    await again.serve(db);
+    await again.close();
+    await admin.query(`DROP DATABASE ${db} WITH (FORCE)`);
+  });
+
   it('a schema that is ours but altered, or newer than this release, is refused', async () => {
     const tamper: [string, string, RegExp][] = [
       ['checksum', `UPDATE df.migrations SET checksum = 'x' WHERE version = 1`, /migration 1 \(schema\) differs/],
