@@ -415,6 +415,8 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'Instance not found or access denied: %', p_instance USING ERRCODE = 'P0002';
   END IF;
+  -- The run row first, then the instance: the executor's claims and ends lock in that order too.
+  PERFORM FROM df.runs r WHERE r.instance_id = p_instance FOR UPDATE;
   UPDATE df.instances i SET status = 'cancelled', updated_at = now(), output = p_reason
    WHERE i.id = p_instance AND i.status NOT IN ('completed', 'failed', 'cancelled');
   RETURN format('Instance %s cancelled: %s', p_instance, p_reason);

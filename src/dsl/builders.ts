@@ -20,8 +20,35 @@ export const NODE_TYPES = ['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
 type T = string | null;
 const str = (s: string): string => JSON.stringify(s);
 
+/**
+ * Envelopes node() made during the current compilation, by length. ensure()
+ * must know whether a text is an envelope; parsing it to find out would
+ * re-read each subtree at every level above it (quadratic: a chain of a few
+ * thousand steps held the event loop for seconds). A text node() made is one
+ * by construction, and is recognised by identity (=== compares references
+ * first), without reading it.
+ */
+const built = new Map<number, string[]>();
+let builtCount = 0;
+
+/** Forgets the envelopes of the last compilation (call before each one). */
+export function beginCompile(): void {
+  built.clear();
+  builtCount = 0;
+}
+
+function remember(t: string): string {
+  if (++builtCount > 100_000) beginCompile();
+  const same = built.get(t.length);
+  if (same) same.push(t);
+  else built.set(t.length, [t]);
+  return t;
+}
+
+const isBuilt = (t: string): boolean => built.get(t.length)?.some((b) => b === t) ?? false;
+
 export function node(type: string, left: T, right: T, cond: T, extra: string[] | null, query: T, name: T): string {
-  return (
+  return remember(
     '{"node_type":' + str(type) +
     (left !== null ? ',"left_node":' + left : '') +
     (right !== null ? ',"right_node":' + right : '') +
@@ -29,7 +56,7 @@ export function node(type: string, left: T, right: T, cond: T, extra: string[] |
     (extra !== null ? ',"extra_nodes":[' + extra.join(',') + ']' : '') +
     (query !== null ? ',"query":' + str(query) : '') +
     (name !== null ? ',"result_name":' + str(name) : '') +
-    '}'
+    '}',
   );
 }
 
@@ -77,6 +104,7 @@ export function envelope(t: T, strict: boolean, at?: number): Obj | null {
 
 export function ensure(t: T, at?: number): T {
   if (t === null) return null;
+  if (isBuilt(t)) return t;
   return envelope(t, false, at) === null ? node('SQL', null, null, null, null, t, null) : t;
 }
 
@@ -114,9 +142,10 @@ export function as(fut: T, name: T, at?: number): T {
       'A result name is a letter or underscore followed by letters, digits or underscores.');
   }
   const n = ensure(fut, at)!;
-  const j = JSON.parse(n) as Obj;
-  if (Object.hasOwn(j, 'result_name')) return render({ ...j, result_name: name });
-  return n.slice(0, -1) + ',"result_name":' + str(name) + '}';
+  // Only the top level matters: a text node() made ends with its result_name, if it has one.
+  const named = isBuilt(n) ? /,"result_name":"(?:[^"\\]|\\.)*"}$/.test(n) : Object.hasOwn(JSON.parse(n) as Obj, 'result_name');
+  if (named) return render({ ...(JSON.parse(n) as Obj), result_name: name });
+  return remember(n.slice(0, -1) + ',"result_name":' + str(name) + '}');
 }
 
 export const ifElse = strict((c: string, t: string, e: string) => node('IF', ensure(t), ensure(e), ensure(c), null, null, null));

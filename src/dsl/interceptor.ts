@@ -9,7 +9,7 @@ import { loadModule, parseSync, scanSync } from 'libpg-query';
 import type { Logger } from 'pino';
 import type { Interception, SessionInfo, StatementInterceptor } from '../proxy/intercept.js';
 import type { PgError } from '../proxy/protocol.js';
-import { DslError } from './builders.js';
+import { beginCompile, DslError } from './builders.js';
 import { compile, funcName, NotCompilable, type Ast, type StepSources } from './compile.js';
 import { validate } from './validate.js';
 
@@ -158,9 +158,11 @@ export function rewriteSql(sql: string): Rewritten | undefined {
       const steps: StepSources = new Map();
       let graph: string | null;
       try {
+        beginCompile();
         graph = compile(fut, steps);
       } catch (err) {
-        if (err instanceof NotCompilable) continue;
+        // Nested deeper than the compiler's stack: the SQL builders build it (or PostgreSQL says it is too deep).
+        if (err instanceof NotCompilable || err instanceof RangeError) continue;
         throw err;
       }
       if (graph === null) continue; // df.start(NULL): the server's error
@@ -226,6 +228,9 @@ export type StartElsewhere = (
   start: { graph: string; label: string | null; database: string | null },
 ) => Promise<string>;
 
+/** The largest statement text the proxy compiles itself (a graph at the 10 000-node limit fits). */
+export const MAX_COMPILED_BYTES = 512 * 1024;
+
 export class DslInterceptor implements StatementInterceptor {
   private seq = 0;
 
@@ -245,6 +250,9 @@ export class DslInterceptor implements StatementInterceptor {
     }
     const sqlEnd = message.indexOf(0, sqlStart);
     if (sqlEnd < 0) return undefined;
+    // Compiling runs on the proxy's one event loop (about 80 ms a MiB, in the parser): a statement
+    // larger than this goes to the SQL builders as written, so no client can hold up the others.
+    if (sqlEnd - sqlStart > MAX_COMPILED_BYTES) return undefined;
     const sql = message.toString('utf8', sqlStart, sqlEnd);
     let r: Rewritten | undefined;
     try {

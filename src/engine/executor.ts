@@ -56,14 +56,17 @@ export const EXECUTOR_DEFAULTS = {
  */
 const CONTROL_MAX_MESSAGE = 500 * 1024 * 1024;
 
+/** How long a refused database stays refused before a client's visit checks it again (discovery rechecks every minute too). */
+const REFUSED_RECHECK_MS = 60_000;
+
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
 export class Executor {
   readonly owner = randomUUID();
   private readonly workers = new Map<string, Promise<DatabaseWorker>>();
   private readonly serving = new Set<string>();
-  /** Databases refused, with the reason last logged. */
-  private readonly refused = new Map<string, string>();
+  /** Databases refused: the reason last logged, and when it was found. */
+  private readonly refused = new Map<string, { reason: string; at: number }>();
   private discoverTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -84,8 +87,10 @@ export class Executor {
         (err: unknown) => {
           this.workers.delete(database); // a later use retries
           // One line per database and reason, however often discovery or clients come back to it.
-          if (err instanceof SchemaRefused && this.refused.get(database) !== err.message) {
-            this.refused.set(database, err.message);
+          if (!(err instanceof SchemaRefused)) return;
+          const logged = this.refused.get(database)?.reason === err.message;
+          this.refused.set(database, { reason: err.message, at: Date.now() });
+          if (!logged) {
             this.opts.log.error({ database, reason: err.message }, `refusing to serve database "${database}": ${err.message}`);
           }
         },
@@ -98,6 +103,9 @@ export class Executor {
   prepare(database: string): Promise<void> | undefined {
     if (this.serving.has(database) || this.closed) return undefined;
     if (this.opts.databases && !this.opts.databases.includes(database)) return undefined;
+    // A database refused lately is not checked again for every client that connects to it.
+    const refused = this.refused.get(database);
+    if (refused && Date.now() - refused.at < REFUSED_RECHECK_MS) return undefined;
     return this.serve(database).catch((err: unknown) => {
       if (!(err instanceof SchemaRefused)) {
         this.opts.log.error({ database, err: (err as Error).message }, 'cannot install the df schema; df.* will not work in this database');

@@ -34,13 +34,14 @@ const STATUSES = new Set(['pending', 'running', 'completed', 'failed', 'cancelle
 /**
  * An instance's columns (i_*) beside each of its nodes' (a row of NULLs for
  * an instance without nodes). The columns a user's data can make large
- * (label, vars) come on the instance's first row only.
+ * (label, vars), and the superuser check, come on the instance's first row only.
  */
 const LOAD = `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
        row_number() OVER (PARTITION BY i.id) = 1 AS i_head,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.label END AS i_label,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.vars END AS i_vars,
-       r.rolname AS i_role, r.rolsuper AS i_rolsuper, df._escalates(i.submitted_by) AS i_escalates, r.rolcanlogin AS i_rolcanlogin,
+       CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN df._escalates(i.submitted_by) END AS i_escalates,
+       r.rolname AS i_role, r.rolsuper AS i_rolsuper, r.rolcanlogin AS i_rolcanlogin,
        i.submitted_by::oid::text AS i_submitter,
        n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at
   FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by LEFT JOIN df.nodes n ON n.instance_id = i.id`;

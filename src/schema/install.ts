@@ -86,6 +86,16 @@ export async function install(client: pg.ClientBase, owner?: string): Promise<In
       await client.query('REVOKE ALL ON df.migrations, df.function_files FROM PUBLIC');
     });
 
+    const { rows: legacy } = await client.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_catalog.pg_attribute
+        WHERE attrelid = 'df.migrations'::pg_catalog.regclass AND attname = 'checksum' AND NOT attisdropped`,
+    );
+    if (legacy[0]!.n === 0) {
+      throw new SchemaRefused(
+        'its df schema was installed by a development version of pg-durable-proxy before the schema was squashed (df.migrations has no checksums); ' +
+          'move its data elsewhere and DROP SCHEMA df CASCADE, then the proxy installs the current one',
+      );
+    }
     const { rows: applied } = await client.query<{ version: number; name: string; checksum: string }>(
       'SELECT version, name, checksum FROM df.migrations ORDER BY version',
     );

@@ -105,9 +105,21 @@ describe('one graph format, two builders', () => {
       `df.loop('a', NULL)`,
       `df.seq('a', NULL)`,
       `df.break(NULL)`,
+      // A built node knows whether it has a name without being parsed: only its own, not a child's or a query's text.
+      `(('SELECT 1' |=> 'a') ~> 'SELECT 2') |=> 'b'`,
+      `('SELECT ''","result_name":"z"}''' |=> 'a') |=> 'b'`,
+      `'SELECT ''","result_name":"z"}''' |=> 'b'`,
+      `(df.if_rows('r', 'SELECT 1' |=> 'a', 'SELECT 2') |=> 'x') |=> 'y'`,
     ]) {
       expect(compileTs(expr), expr).toEqual(await compileSql(expr));
     }
+  });
+
+  it('agrees on a chain of 1000 steps (built in one pass, not re-read at every level)', async () => {
+    const expr = Array.from({ length: 1000 }, (_, i) => `'SELECT ${i}'${i % 7 === 0 ? ` |=> 'r${i}'` : ''}`).join(' ~> ');
+    const ts = compileTs(expr);
+    expect(ts).toEqual(await compileSql(expr));
+    expect('ok' in ts && ts.ok!.length).toBeGreaterThan(30_000);
   });
 });
 
@@ -167,6 +179,16 @@ describe('statements the compiler leaves to the SQL builders', () => {
     const r = await runWorkflow(proxied, `df.start(label => 'named', fut => 'SELECT 1 AS a' |=> 'a' ~> 'SELECT $a + 1 AS b')`);
     expect(r.result).toEqual({ rows: [{ b: 2 }], row_count: 1 });
     expect((await proxied.query('SELECT label FROM df.instances WHERE id = $1', [r.id])).rows[0].label).toBe('named');
+  });
+
+  it('a statement over 512 KiB is not compiled by the proxy (it would hold up the others); the SQL functions start the same workflow', async () => {
+    const big = 'x'.repeat(600 * 1024);
+    const r = await runWorkflow(proxied, `df.start('SELECT 1 AS a' |=> 'a' ~> 'SELECT $a + length(''${big}'') AS b')`);
+    expect(r.result).toEqual({ rows: [{ b: 1 + big.length }], row_count: 1 });
+    // Its mistakes are found when the step runs, not at df.start.
+    const bad = await runWorkflow(proxied, `df.start('SELECT 1' ~> 'SELEC length(''${big}'')')`);
+    expect(bad.status).toBe('failed');
+    expect(bad.output).toMatch(/syntax error at or near "SELEC"/);
   });
 
   it('df.start inside a DO block and a function is built by the SQL functions', async () => {

@@ -452,6 +452,11 @@ describe('the executor serves only a df schema that is its own', () => {
          CREATE TRIGGER t BEFORE INSERT ON df.settings FOR EACH ROW EXECUTE FUNCTION public.pgdp_sx_trg()`,
         /trigger t on df.settings runs public.pgdp_sx_trg\(\)/,
       ],
+      [
+        'pre-release schema',
+        `ALTER TABLE df.migrations DROP COLUMN checksum`,
+        /installed by a development version of pg-durable-proxy before the schema was squashed/,
+      ],
       ['foreign rule', `CREATE RULE r AS ON INSERT TO df.settings DO ALSO NOTIFY x`, /rule r on df.settings/],
       ['foreign table', `CREATE TABLE df.extra (x int); ALTER TABLE df.extra OWNER TO ${MALLORY}`, /relation df.extra is owned by pgdp_sx_mallory/],
     ];
