@@ -57,6 +57,20 @@ const settings = {
     .regex(/^[^,]+(,[^,]+)*$/, 'expected database names separated by commas')
     .optional()
     .describe('databases the executor serves, comma-separated (default: every database with a df schema, and each one a client connects to)'),
+  maxNewTransactionStarts: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(1000)
+    .default(2)
+    .describe("transaction_mode => 'new' starts in flight at once, each on a server connection of its own (pg_durable's max_new_transaction_starts)"),
+  newTransactionStartTimeout: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(3600)
+    .default(5)
+    .describe("seconds a transaction_mode => 'new' start waits for a free slot before it fails with 53300"),
   dfOwner: z
     .string()
     .min(1)

@@ -3,7 +3,7 @@
 import pg from 'pg';
 import { pino } from 'pino';
 import { EXECUTOR_DEFAULTS, Executor, type ExecutorOptions } from '../../src/engine/executor.js';
-import { startInOwnTransaction } from '../../src/engine/start.js';
+import { startInOwnTransaction, type NewStartLimits } from '../../src/engine/start.js';
 import { connectionTargets } from '../../src/engine/targets.js';
 import { DslInterceptor, loadDslParser } from '../../src/dsl/interceptor.js';
 import { env, startProxy, type RunningProxy } from './proxy.js';
@@ -60,7 +60,7 @@ export function executorOptions(database: string, over: Partial<ExecutorOptions>
   };
 }
 
-export async function startDurable(database: string, over: Partial<ExecutorOptions> = {}): Promise<Durable> {
+export async function startDurable(database: string, over: Partial<ExecutorOptions> = {}, newStarts?: NewStartLimits): Promise<Durable> {
   await freshDatabase(database);
   const executor = new Executor(executorOptions(database, over));
   await executor.discover(database);
@@ -70,7 +70,7 @@ export async function startDurable(database: string, over: Partial<ExecutorOptio
     prepareDatabase: (db) => executor.prepare(db),
     interceptor: new DslInterceptor(
       pino({ level: 'silent' }),
-      startInOwnTransaction(connectionTargets(dbUrl(env().adminUrl, database), { socketDir: env().socketDir, port: env().pgPort }).start),
+      startInOwnTransaction(connectionTargets(dbUrl(env().adminUrl, database), { socketDir: env().socketDir, port: env().pgPort }).start, newStarts),
     ),
   });
   const clients: pg.Client[] = [];
