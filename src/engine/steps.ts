@@ -84,6 +84,13 @@ export function cutReason(client: pg.ClientBase): string | undefined {
   return cuts.get((client as unknown as { connection: object }).connection);
 }
 
+/**
+ * What a row costs the executor beyond its bytes on the wire (the array and
+ * strings it becomes): counted with it, so that millions of tiny rows cannot
+ * take far more memory than the limit says.
+ */
+const ROW_OVERHEAD = 48;
+
 const MESSAGE_NAMES: Record<number, string> = { 0x45: 'an error', 0x4e: 'a notice', 0x54: 'a row description', 0x41: 'a notification' };
 
 /**
@@ -119,7 +126,7 @@ export function limitStepResults(client: pg.ClientBase, maxBytes: number, countR
       skip = size - 5;
       const isRow = type === 0x44 || type === 0x64;
       if (type === 0x5a) rows = 0;
-      else if (isRow && countRows) rows += size;
+      else if (isRow && countRows) rows += size + ROW_OVERHEAD;
       if (rows > maxBytes || size > maxBytes) {
         stream.removeListener('data', onData);
         cutConnection(

@@ -32,7 +32,7 @@ describe('a step whose result is too large', () => {
     // well under the limit whose JSON (the column name repeated per row) is over it.
     const oneRow = await start(`INSERT INTO big_marks VALUES (1) RETURNING repeat('x', 5000000) AS x`);
     const manyRows = await start(`SELECT n, repeat('y', 1000) AS y FROM generate_series(1, 10000) n`);
-    const wideJson = await start(`SELECT '' AS ${'c'.repeat(60)} FROM generate_series(1, 20000)`);
+    const wideJson = await start(`SELECT '' AS ${'c'.repeat(63)} FROM generate_series(1, 15000)`);
     const others: string[] = [];
     for (let i = 0; i < 5; i++) others.push(await start(`SELECT ${i} AS ok, pg_sleep(0.2)`));
     for (const id of [oneRow, manyRows, wideJson, ...others]) await admin.query('SELECT df.await_instance($1, 30)', [id]);

@@ -30,17 +30,27 @@ describe('the step result limit', () => {
 
   it('counts rows up to a ReadyForQuery, at any chunking', () => {
     for (const size of [1, 2, 3, 5, 7, 64, 4096]) {
-      // 9 rows of 105 bytes: 945 bytes, under 1000, twice, with a ReadyForQuery between.
+      // 6 rows of 105 bytes, each counted with 48 more for what it costs in memory: 918, under 1000,
+      // twice, with a ReadyForQuery between.
       const ok = guarded(1000);
-      feed(ok.stream, Buffer.concat([...rows(9, 100), message('C', 10), message('Z', 1), ...rows(9, 100), message('Z', 1)]), size);
+      feed(ok.stream, Buffer.concat([...rows(6, 100), message('C', 10), message('Z', 1), ...rows(6, 100), message('Z', 1)]), size);
       expect(cutReason(ok.client)).toBeUndefined();
       expect(ok.stream.destroyed).toBe(false);
 
       const over = guarded(1000);
-      feed(over.stream, Buffer.concat(rows(10, 100)), size);
+      feed(over.stream, Buffer.concat(rows(7, 100)), size);
       expect(cutReason(over.client)).toMatch(/^the step's result is larger than the limit of 1000 bytes/);
       expect(over.stream.destroyed).toBe(true);
     }
+  });
+
+  it('a row counts its bytes and 48 more for what it costs in memory: 1000 rows of 7 bytes count 55 000', () => {
+    const g = guarded(55_000);
+    feed(g.stream, Buffer.concat(rows(1000, 2)), 4096);
+    expect(cutReason(g.client)).toBeUndefined();
+    const h = guarded(55_000);
+    feed(h.stream, Buffer.concat(rows(1001, 2)), 4096);
+    expect(cutReason(h.client)).toMatch(/^the step's result is larger than the limit/);
   });
 
   it('cuts at the header of one message announced over the limit, before its body arrives', () => {
