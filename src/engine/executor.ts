@@ -168,6 +168,18 @@ export class Executor {
   }
 }
 
+/** A step connection that keeps the server's reported settings (ParameterStatus), as they change. */
+class StepClient extends pg.Client {
+  readonly settings = new Map<string, string>();
+  constructor(config?: pg.ClientConfig) {
+    super(config);
+    (this as unknown as { connection: NodeJS.EventEmitter }).connection.on(
+      'parameterStatus',
+      (m: { parameterName: string; parameterValue: string }) => this.settings.set(m.parameterName, m.parameterValue),
+    );
+  }
+}
+
 interface Held {
   abort: AbortController;
   /** The submitting role's oid, for the per-role cap and fair claiming. */
@@ -447,6 +459,16 @@ class DatabaseWorker {
           }
           throw err;
         }
+        // Substitution quotes for standard_conforming_strings = on, a startup option of step connections
+        // that something between the proxy and PostgreSQL (a pooler) could have dropped.
+        const scs = (client as unknown as StepClient).settings.get('standard_conforming_strings');
+        if (scs !== 'on') {
+          client.release(true);
+          throw new StepError(
+            `the step connection runs with standard_conforming_strings = ${scs ?? 'unknown'}; steps need it on ` +
+              '(is a connection pooler between the proxy and PostgreSQL dropping startup options?)',
+          );
+        }
         let discard = false;
         try {
           const result = await runSqlStep(
@@ -482,7 +504,7 @@ class DatabaseWorker {
     const key = `${database}\0${role}`;
     let p = this.stepPools.get(key);
     if (!p) {
-      p = new pg.Pool({ ...this.opts.step(database, role), max: this.opts.stepPoolSize, idleTimeoutMillis: 10_000 });
+      p = new pg.Pool({ ...this.opts.step(database, role), Client: StepClient, max: this.opts.stepPoolSize, idleTimeoutMillis: 10_000 });
       p.on('error', (err) => this.log.warn({ role, err: err.message }, 'step connection lost'));
       p.on('connect', (client) => {
         client.on('error', () => {});

@@ -305,6 +305,28 @@ describe('a value from a result cannot change the statement it is substituted in
     }
   });
 
+  it('a step connection that does not run with standard_conforming_strings = on (its startup option lost) runs no step', async () => {
+    // As if a pooler between the proxy and PostgreSQL had dropped the step connection's startup options.
+    const e = env();
+    const lost = await startDurable('pgdp_sx_scs', {
+      step: (database, role) => ({ host: e.socketDir, port: e.pgPort, user: role, database }),
+    });
+    try {
+      await admin.query(`ALTER ROLE ${ALICE} IN DATABASE pgdp_sx_scs SET standard_conforming_strings = off`);
+      const a = await lost.direct();
+      await a.query(`SELECT df.grant_usage('${ALICE}')`);
+      await a.query(`CREATE TABLE public.sx_ran (x int); GRANT INSERT ON public.sx_ran TO ${ALICE}`);
+      const alice = await lost.connect(ALICE, `${ALICE}-pw`);
+      const r = await runWorkflow(alice, `df.start('INSERT INTO public.sx_ran VALUES (1)')`);
+      expect(r.status).toBe('failed');
+      expect(r.output).toMatch(/^the step connection runs with standard_conforming_strings = off; steps need it on/);
+      expect((await a.query('SELECT count(*)::int AS n FROM public.sx_ran')).rows[0].n).toBe(0);
+    } finally {
+      await admin.query(`ALTER ROLE ${ALICE} IN DATABASE pgdp_sx_scs RESET standard_conforming_strings`);
+      await lost.close();
+    }
+  });
+
   it('a step that turns standard_conforming_strings off does not leave it off for the next step on its connection', async () => {
     const alice = await d.connect(ALICE, `${ALICE}-pw`);
     const r = await runWorkflow(alice, `df.start('SET standard_conforming_strings = off' ~> 'SELECT current_setting(''standard_conforming_strings'') AS s')`);
