@@ -56,6 +56,9 @@ export const EXECUTOR_DEFAULTS = {
  */
 const CONTROL_MAX_MESSAGE = 500 * 1024 * 1024;
 
+/** How long the executor trusts its answer to "can this role become superuser?". */
+const ESCALATION_CACHE_MS = 5000;
+
 /** How long a refused database stays refused before a client's visit checks it again (discovery rechecks every minute too). */
 const REFUSED_RECHECK_MS = 60_000;
 
@@ -196,6 +199,7 @@ class DatabaseWorker {
   private claimAgain = false;
   /** Held instances named by df_cancel notifications, to be looked up before anything is stopped. */
   private readonly cancelHints = new Set<string>();
+  private readonly escalation = new Map<string, { value: boolean; at: number }>();
   private checkingHints = false;
   private closing = false;
   private readonly log: Logger;
@@ -406,7 +410,7 @@ class DatabaseWorker {
       await fail('the role that started this instance no longer exists');
       return;
     }
-    if (instance.escalates && !this.opts.allowSuperuserInstances) {
+    if (!this.opts.allowSuperuserInstances && (instance.rolsuper || (await this.escalates(instance.submitter)))) {
       await fail(
         `pg-durable-proxy: superuser instances are disabled. submitted_by "${instance.role}" ${instance.rolsuper ? 'is a superuser' : 'can act as a superuser'}.`,
       );
@@ -498,6 +502,20 @@ class DatabaseWorker {
       setIteration: (node, stamp, iteration) => store.setIteration(id, node.id, stamp, iteration).catch(lost),
       sleepDeadline: (node, stamp, seconds) => store.sleepDeadline(id, node.id, stamp, seconds).catch(lost),
     };
+  }
+
+  /**
+   * The superuser check of df.start, again at claim (the role may have been
+   * granted a superuser's membership since). Asked once per role a few
+   * seconds: it costs a planning of the check's SQL each time.
+   */
+  private async escalates(roleOid: string): Promise<boolean> {
+    const hit = this.escalation.get(roleOid);
+    if (hit && Date.now() - hit.at < ESCALATION_CACHE_MS) return hit.value;
+    const value = await this.store.escalates(roleOid);
+    if (this.escalation.size > 10_000) this.escalation.clear();
+    this.escalation.set(roleOid, { value, at: Date.now() });
+    return value;
   }
 
   private stepPool(database: string, role: string): pg.Pool {

@@ -13,8 +13,6 @@ const instanceRow = z.object({
   vars: z.record(z.string(), z.string().nullable()),
   role: z.string().nullable(),
   rolsuper: z.boolean().nullable(),
-  /** The role is a superuser or can become one (df._escalates). */
-  escalates: z.boolean(),
   rolcanlogin: z.boolean().nullable(),
   /** submitted_by as an oid (text): the key of per-role fairness. */
   submitter: z.string(),
@@ -34,13 +32,12 @@ const STATUSES = new Set(['pending', 'running', 'completed', 'failed', 'cancelle
 /**
  * An instance's columns (i_*) beside each of its nodes' (a row of NULLs for
  * an instance without nodes). The columns a user's data can make large
- * (label, vars), and the superuser check, come on the instance's first row only.
+ * (label, vars) come on the instance's first row only.
  */
 const LOAD = `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
        row_number() OVER (PARTITION BY i.id) = 1 AS i_head,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.label END AS i_label,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.vars END AS i_vars,
-       CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN df._escalates(i.submitted_by) END AS i_escalates,
        r.rolname AS i_role, r.rolsuper AS i_rolsuper, r.rolcanlogin AS i_rolcanlogin,
        i.submitted_by::oid::text AS i_submitter,
        n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at
@@ -65,7 +62,7 @@ function grouped(rows: LoadRow[]): Map<string, Loaded> {
     if (!r) continue; // cannot happen: every instance has a first row
     const fields = {
       id, label: r.i_label, root_node: r.i_root_node, status: r.i_status, database: r.i_database,
-      vars: r.i_vars, role: r.i_role, rolsuper: r.i_rolsuper, escalates: r.i_escalates, rolcanlogin: r.i_rolcanlogin, submitter: r.i_submitter,
+      vars: r.i_vars, role: r.i_role, rolsuper: r.i_rolsuper, rolcanlogin: r.i_rolcanlogin, submitter: r.i_submitter,
     };
     const parsed = instanceRow.safeParse(fields);
     if (parsed.success) {
@@ -79,7 +76,7 @@ function grouped(rows: LoadRow[]): Map<string, Loaded> {
       instance: {
         id, label: null, root_node: String(r.i_root_node), database: null, vars: {},
         status: STATUSES.has(r.i_status as string) ? (r.i_status as InstanceRow['status']) : 'running',
-        role: typeof r.i_role === 'string' ? r.i_role : null, rolsuper: null, escalates: false, rolcanlogin: null, submitter: String(r.i_submitter),
+        role: typeof r.i_role === 'string' ? r.i_role : null, rolsuper: null, rolcanlogin: null, submitter: String(r.i_submitter),
       },
       nodes: [],
       invalid: `Invalid durable function: the instance row does not validate (${where}${issue?.message ?? 'malformed'})`,
@@ -152,6 +149,12 @@ export class Store {
       values: [this.owner, this.leaseSeconds, limit, [...held.keys()], [...held.values()], perRole],
     });
     return [...grouped(rows).values()];
+  }
+
+  /** Whether a role is a superuser or can become one (df._escalates: membership, file and program roles). */
+  async escalates(roleOid: string): Promise<boolean> {
+    const { rows } = await this.pool.query<{ e: boolean }>({ name: 'pgdp_escalates', text: 'SELECT df._escalates($1::oid) AS e', values: [roleOid] });
+    return rows[0]!.e;
   }
 
   /** Of `ids`, those whose instance is finished or cancelled: a df_cancel notification is only a hint to look. */
