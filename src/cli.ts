@@ -7,7 +7,7 @@ import tls from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { ConfigError, describeSettings, loadConfig, splitHostPort, type Config } from './config.js';
-import { EmbeddedPostgres } from './embedded.js';
+import { CREDENTIALS_FILE, EmbeddedPostgres } from './embedded.js';
 import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
 import { connectionTargets } from './engine/targets.js';
 import { DslInterceptor, loadDslParser } from './dsl/interceptor.js';
@@ -39,13 +39,11 @@ function clientUrl(listen: { host: string; port: number }, upstreamUrl: string, 
   return out.toString();
 }
 
-/** Where the embedded server's credentials are kept (src/embedded.ts writes them at initdb). */
-const credentialsFile = (dataDir: string): string => path.join(dataDir, 'pg-durable-proxy.json');
 
 function readyLine(listen: { host: string; port: number }, upstreamUrl: string, embedded: EmbeddedPostgres | undefined): string {
   if (!embedded) return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, false)}'`;
   if (process.stderr.isTTY) return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, true)}'`;
-  return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, false)}' (password: "password" in ${credentialsFile(embedded.dataDir)})`;
+  return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, false)}' (password: "password" in ${path.join(embedded.dataDir, CREDENTIALS_FILE)})`;
 }
 
 /** The database a URL names (PostgreSQL's default: the user's name). */

@@ -29,7 +29,8 @@ interface Binaries {
   postgres: string;
 }
 
-const CREDENTIALS_FILE = 'pg-durable-proxy.json';
+/** Where, in the data directory, the generated superuser's name and password are kept. */
+export const CREDENTIALS_FILE = 'pg-durable-proxy.json';
 const OS_USER = 'postgres';
 
 async function binaries(): Promise<Binaries> {
