@@ -162,6 +162,19 @@ describe('df_cancel notifications from another role', () => {
     expect((await admin.query('SELECT step FROM victim_log ORDER BY step')).rows).toEqual([{ step: 'first' }, { step: 'second' }]);
   });
 
+  it('df.cancel racing the executor (claim, steps, end) never deadlocks with it: both take the run row first', async () => {
+    const victim = await d.connect('pgdp_tn_victim', 'pgdp_tn_victim-pw');
+    const ids: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      const { rows } = await victim.query<{ id: string }>(`SELECT df.start('SELECT 1' ~> 'SELECT 2') AS id`);
+      ids.push(rows[0]!.id);
+      // Right after the start, while the executor claims it, runs it or ends it.
+      await victim.query('SELECT df.cancel($1)', [rows[0]!.id]);
+    }
+    const { rows } = await victim.query<{ status: string }>('SELECT DISTINCT status FROM df.instances WHERE id = ANY($1)', [ids]);
+    expect(rows.map((r) => r.status).every((st) => st === 'cancelled' || st === 'completed')).toBe(true);
+  });
+
   it('a real df.cancel still stops the running step', async () => {
     const victim = await d.connect('pgdp_tn_victim', 'pgdp_tn_victim-pw');
     const { rows } = await victim.query<{ id: string }>(`SELECT df.start('SELECT pg_sleep(30)' ~> 'INSERT INTO victim_log VALUES (''after cancel'')') AS id`);
