@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { Interception, SessionInfo, StatementInterceptor } from '../proxy/intercept.js';
 import type { PgError } from '../proxy/protocol.js';
 import { beginCompile, DslError } from './builders.js';
+import { CompileWorker } from './offload.js';
 import { compile, funcName, NotCompilable, type Ast, type StepSources } from './compile.js';
 import { validate } from './validate.js';
 
@@ -231,13 +232,26 @@ export type StartElsewhere = (
 /** The largest statement text the proxy compiles itself (a graph at the 10 000-node limit fits). */
 export const MAX_COMPILED_BYTES = 512 * 1024;
 
+/** Statements at least this large are compiled on the worker thread (a hop costs less than their compile). */
+export const OFFLOAD_BYTES = 16 * 1024;
+
 export class DslInterceptor implements StatementInterceptor {
   private seq = 0;
+  private readonly worker: CompileWorker | undefined;
 
   constructor(
     private readonly log: Logger,
     private readonly startElsewhere?: StartElsewhere,
-  ) {}
+    /** Where large statements are compiled; default: the compile-worker next to this module, if it is there (in dist/). */
+    worker: CompileWorker | null = CompileWorker.at(new URL('./compile-worker.js', import.meta.url)) ?? null,
+  ) {
+    this.worker = worker ?? undefined;
+  }
+
+  /** Stops the compile worker. */
+  close(): Promise<void> {
+    return this.worker?.close() ?? Promise.resolve();
+  }
 
   rewrite(message: Buffer, session: SessionInfo): Interception | undefined | Promise<Interception | undefined> {
     const type = message[0];
@@ -250,18 +264,41 @@ export class DslInterceptor implements StatementInterceptor {
     }
     const sqlEnd = message.indexOf(0, sqlStart);
     if (sqlEnd < 0) return undefined;
-    // Compiling runs on the proxy's one event loop (about 80 ms a MiB, in the parser): a statement
-    // larger than this goes to the SQL builders as written, so no client can hold up the others.
+    // Parsing alone costs about 80 ms a MiB: a statement larger than this goes to the SQL builders as
+    // written, rather than keep the compile worker (or, without one, the event loop) busy.
     if (sqlEnd - sqlStart > MAX_COMPILED_BYTES) return undefined;
     const sql = message.toString('utf8', sqlStart, sqlEnd);
+    // A compiler bug must not cost the user the statement: the SQL builders still work.
+    const failed = (err: unknown): undefined => {
+      this.log.error({ err: (err as Error).message, user: session.user }, 'df compiler failed; statement forwarded unchanged');
+      return undefined;
+    };
+    if (this.worker && sqlEnd - sqlStart >= OFFLOAD_BYTES) {
+      // The session's later bytes wait for this statement; every other session's go on.
+      return this.worker
+        .rewrite(sql)
+        .then((r) => this.rewritten(r, message, session, sql, sqlStart, sqlEnd), failed)
+        .catch(failed);
+    }
     let r: Rewritten | undefined;
     try {
       r = rewriteSql(sql);
     } catch (err) {
-      // A compiler bug must not cost the user the statement: the SQL builders still work.
-      this.log.error({ err: (err as Error).message, user: session.user }, 'df compiler failed; statement forwarded unchanged');
-      return undefined;
+      return failed(err);
     }
+    return this.rewritten(r, message, session, sql, sqlStart, sqlEnd);
+  }
+
+  /** What a compiled statement becomes on the wire. */
+  private rewritten(
+    r: Rewritten | undefined,
+    message: Buffer,
+    session: SessionInfo,
+    sql: string,
+    sqlStart: number,
+    sqlEnd: number,
+  ): Interception | undefined | Promise<Interception | undefined> {
+    const type = message[0];
     if (!r) return undefined;
     const replace = (text: string, error?: Interception['error']): Interception => {
       const body = Buffer.from(text, 'utf8');
