@@ -105,10 +105,10 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     startupTimeoutMs: cfg.startupTimeout * 1000,
     connectTimeoutMs: cfg.connectTimeout * 1000,
     prepareDatabase: (database) => executor.prepare(database),
-    interceptor: new DslInterceptor(log.child({ component: 'dsl' }), startInOwnTransaction(targets.start, {
-        max: cfg.maxNewTransactionStarts,
-        timeoutMs: cfg.newTransactionStartTimeout * 1000,
-      })),
+    interceptor: new DslInterceptor(log.child({ component: 'dsl' }), {
+      startElsewhere: startInOwnTransaction(targets.start, { max: cfg.maxNewTransactionStarts, timeoutMs: cfg.newTransactionStartTimeout * 1000 }),
+      releaseDatabases: (names) => executor.release(names),
+    }),
   });
   let admin: AdminServer | undefined;
   try {

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { Interception, SessionInfo, StatementInterceptor } from '../proxy/intercept.js';
 import type { PgError } from '../proxy/protocol.js';
 import { beginCompile, DslError } from './builders.js';
+import { databasesToRelease } from './database-ddl.js';
 import { CompileWorker } from './offload.js';
 import { compile, funcName, NotCompilable, type Ast, type StepSources } from './compile.js';
 import { validate } from './validate.js';
@@ -235,17 +236,29 @@ export const MAX_COMPILED_BYTES = 512 * 1024;
 /** Statements at least this large are compiled on the worker thread (a hop costs less than their compile). */
 export const OFFLOAD_BYTES = 16 * 1024;
 
+export interface InterceptorOptions {
+  /** Starts a transaction_mode => 'new' workflow on a connection of its own. */
+  startElsewhere?: StartElsewhere;
+  /** Where large statements are compiled; default: the compile-worker next to this module, if it is there (in dist/). */
+  worker?: CompileWorker | null;
+  /** Closes the proxy's own connections to these databases (before a DROP, RENAME or a copy of them). */
+  releaseDatabases?: (names: string[]) => Promise<void>;
+}
+
 export class DslInterceptor implements StatementInterceptor {
   private seq = 0;
   private readonly worker: CompileWorker | undefined;
+  private readonly startElsewhere: StartElsewhere | undefined;
+  private readonly releaseDatabases: ((names: string[]) => Promise<void>) | undefined;
 
   constructor(
     private readonly log: Logger,
-    private readonly startElsewhere?: StartElsewhere,
-    /** Where large statements are compiled; default: the compile-worker next to this module, if it is there (in dist/). */
-    worker: CompileWorker | null = CompileWorker.at(new URL('./compile-worker.js', import.meta.url)) ?? null,
+    opts: InterceptorOptions = {},
   ) {
+    const worker = opts.worker === undefined ? CompileWorker.at(new URL('./compile-worker.js', import.meta.url)) : opts.worker;
     this.worker = worker ?? undefined;
+    this.startElsewhere = opts.startElsewhere;
+    this.releaseDatabases = opts.releaseDatabases;
   }
 
   /** Stops the compile worker. */
@@ -255,10 +268,9 @@ export class DslInterceptor implements StatementInterceptor {
 
   rewrite(message: Buffer, session: SessionInfo): Interception | undefined | Promise<Interception | undefined> {
     const type = message[0];
-    let nameEnd = 5;
     let sqlStart = 5;
     if (type === 0x50) {
-      nameEnd = message.indexOf(0, 5);
+      const nameEnd = message.indexOf(0, 5);
       if (nameEnd < 0) return undefined;
       sqlStart = nameEnd + 1;
     }
@@ -268,6 +280,23 @@ export class DslInterceptor implements StatementInterceptor {
     // written, rather than keep the compile worker (or, without one, the event loop) busy.
     if (sqlEnd - sqlStart > MAX_COMPILED_BYTES) return undefined;
     const sql = message.toString('utf8', sqlStart, sqlEnd);
+    if (this.releaseDatabases && /database/i.test(sql)) {
+      const names = databasesToRelease(sql);
+      if (names.length > 0) {
+        const go = (): Interception | undefined | Promise<Interception | undefined> => this.compile(message, session, sql, sqlStart, sqlEnd);
+        return this.releaseDatabases(names).then(go, go);
+      }
+    }
+    return this.compile(message, session, sql, sqlStart, sqlEnd);
+  }
+
+  private compile(
+    message: Buffer,
+    session: SessionInfo,
+    sql: string,
+    sqlStart: number,
+    sqlEnd: number,
+  ): Interception | undefined | Promise<Interception | undefined> {
     // A compiler bug must not cost the user the statement: the SQL builders still work.
     const failed = (err: unknown): undefined => {
       this.log.error({ err: (err as Error).message, user: session.user }, 'df compiler failed; statement forwarded unchanged');

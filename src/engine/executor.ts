@@ -162,6 +162,31 @@ export class Executor {
     this.discoverTimer.unref();
   }
 
+  /**
+   * Closes every connection of the executor to these databases (DROP DATABASE,
+   * ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE refuse while
+   * anyone is connected): their workers stop, handing their runs back, and
+   * other databases' steps there lose their pooled connections. A database is
+   * served again when a client next uses it.
+   */
+  async release(names: string[]): Promise<void> {
+    const all = [...this.workers.entries()];
+    await Promise.all(
+      all.map(async ([db, pending]) => {
+        const w = await pending.catch(() => undefined);
+        if (!w) return;
+        if (names.includes(db)) {
+          if (this.workers.get(db) === pending) this.workers.delete(db);
+          this.serving.delete(db);
+          this.opts.log.info({ database: db }, 'letting go of the database: a statement needs nobody connected to it');
+          await w.close();
+        } else {
+          await w.releaseStepPools(names);
+        }
+      }),
+    );
+  }
+
   /** Stops claiming, stops running steps (they roll back) and hands the runs back. */
   async close(): Promise<void> {
     this.closed = true;
@@ -516,6 +541,17 @@ class DatabaseWorker {
     if (this.escalation.size > 10_000) this.escalation.clear();
     this.escalation.set(roleOid, { value, at: Date.now() });
     return value;
+  }
+
+  /** Ends the step connections to these databases (new ones are made when a step needs them). */
+  async releaseStepPools(databases: string[]): Promise<void> {
+    const ending: Promise<void>[] = [];
+    for (const [key, pool] of this.stepPools) {
+      if (!databases.includes(key.slice(0, key.indexOf('\0')))) continue;
+      this.stepPools.delete(key);
+      ending.push(pool.end().catch(() => {}));
+    }
+    await Promise.all(ending);
   }
 
   private stepPool(database: string, role: string): pg.Pool {

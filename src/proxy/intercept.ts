@@ -1,7 +1,7 @@
 // The seam between the wire relay and whatever compiles df.* statements.
 // The relay hands over only Query and Parse messages whose text passed the
-// cheap `mentionsDf` pre-filter, and only once the session is authenticated and
-// ready; everything else never reaches this interface.
+// cheap `mentionsDf` or `mentionsDatabase` pre-filters, and only once the
+// session is authenticated and ready; everything else never reaches this interface.
 
 import type { PgError } from './protocol.js';
 

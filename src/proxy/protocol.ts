@@ -214,6 +214,16 @@ export function mentionsDf(msg: Buffer, from = 5): boolean {
   return false;
 }
 
+/**
+ * Cheap pre-filter: does this Query/Parse message mention DATABASE (as DROP,
+ * ALTER ... RENAME and CREATE ... TEMPLATE do)? Two native searches; a
+ * spelling in mixed case past its first letter is missed, which only costs
+ * the proxy's letting go of that database first.
+ */
+export function mentionsDatabase(msg: Buffer, from = 5): boolean {
+  return msg.indexOf('ATABASE', from, 'latin1') > from || msg.indexOf('atabase', from, 'latin1') > from;
+}
+
 function isIdentChar(b: number): boolean {
   return (
     (b >= 0x61 && b <= 0x7a) || (b >= 0x41 && b <= 0x5a) || (b >= 0x30 && b <= 0x39) || b === 0x5f || b === 0x24 || b >= 0x80

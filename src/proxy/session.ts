@@ -12,6 +12,7 @@ import {
   errorField,
   errorSeverity,
   isFrontendType,
+  mentionsDatabase,
   mentionsDf,
   startupMessage,
   type PgError,
@@ -342,8 +343,8 @@ export class Session implements SessionInfo {
   };
 
   private readonly readyClientMessage = (msg: Buffer): Buffer | undefined | Promise<Buffer | undefined> => {
-    if (!mentionsDf(msg)) return undefined;
-    this.ctx.stats.dfStatements++;
+    if (mentionsDf(msg)) this.ctx.stats.dfStatements++;
+    else if (!mentionsDatabase(msg)) return undefined;
     const r = this.ctx.interceptor?.rewrite(msg, this);
     if (!r) return undefined;
     if (!(r instanceof Promise)) return this.intercepted(r);

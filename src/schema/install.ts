@@ -61,6 +61,13 @@ async function refuseForeign(client: pg.ClientBase): Promise<void> {
 export async function install(client: pg.ClientBase, owner?: string): Promise<Installed> {
   const { migrations, functions } = shipped();
   const out: Installed = { migrations: [], functions: false };
+  const { rows: db } = await client.query<{ template: boolean }>(
+    'SELECT datistemplate AS template FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()',
+  );
+  if (db[0]?.template) {
+    // CREATE DATABASE copies a template only while nobody is connected to it; new databases would also get a df schema.
+    throw new SchemaRefused('it is a template database: the proxy installs nothing there and keeps no connection to it');
+  }
   await client.query('SELECT pg_catalog.pg_advisory_lock($1)', [LOCK_KEY.toString()]);
   try {
     if (owner !== undefined) {

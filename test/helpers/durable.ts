@@ -68,10 +68,13 @@ export async function startDurable(database: string, over: Partial<ExecutorOptio
   const p = await startProxy({
     upstreamUrl: dbUrl(env().adminUrl, database),
     prepareDatabase: (db) => executor.prepare(db),
-    interceptor: new DslInterceptor(
-      pino({ level: 'silent' }),
-      startInOwnTransaction(connectionTargets(dbUrl(env().adminUrl, database), { socketDir: env().socketDir, port: env().pgPort }).start, newStarts),
-    ),
+    interceptor: new DslInterceptor(pino({ level: 'silent' }), {
+      startElsewhere: startInOwnTransaction(
+        connectionTargets(dbUrl(env().adminUrl, database), { socketDir: env().socketDir, port: env().pgPort }).start,
+        newStarts,
+      ),
+      releaseDatabases: (names) => executor.release(names),
+    }),
   });
   const clients: pg.Client[] = [];
   const open = async (url: string): Promise<pg.Client> => {

@@ -19,7 +19,7 @@ beforeAll(async () => {
   const w = CompileWorker.at(WORKER);
   if (!w) throw new Error(`no built compile worker at ${WORKER.pathname}: run npm run build`);
   worker = w;
-  interceptor = new DslInterceptor(pino({ level: 'silent' }), undefined, worker);
+  interceptor = new DslInterceptor(pino({ level: 'silent' }), { worker });
   proxy = await startProxy({ interceptor });
 });
 afterAll(async () => {

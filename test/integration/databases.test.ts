@@ -1,0 +1,100 @@
+// Test suites (Django's, Rails', Prisma's) create, copy and drop databases
+// through the connection they are given. PostgreSQL refuses DROP DATABASE,
+// ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE while anyone is
+// connected to that database, and the executor is connected to every database
+// it serves: the proxy lets go of it first. A template database is never
+// served, so CREATE DATABASE can always copy it.
+import pg from 'pg';
+import { pino } from 'pino';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { DslInterceptor, loadDslParser } from '../../src/dsl/interceptor.js';
+import { Executor } from '../../src/engine/executor.js';
+import { dbUrl, executorOptions } from '../helpers/durable.js';
+import { env, startProxy, type RunningProxy } from '../helpers/proxy.js';
+
+let executor: Executor;
+let proxy: RunningProxy;
+let admin: pg.Client;
+
+const executorConnections = async (db: string): Promise<number> =>
+  (
+    await admin.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg-durable-proxy executor'`,
+      [db],
+    )
+  ).rows[0]!.n;
+
+/** Connects through the proxy to `db` (the executor serves it before the first ReadyForQuery), then leaves. */
+async function visit(db: string): Promise<void> {
+  const c = new pg.Client(dbUrl(proxy.adminUrl, db));
+  await c.connect();
+  await c.end();
+}
+
+beforeAll(async () => {
+  await loadDslParser();
+  executor = new Executor({ ...executorOptions('postgres'), databases: undefined });
+  proxy = await startProxy({
+    prepareDatabase: (db) => executor.prepare(db),
+    interceptor: new DslInterceptor(pino({ level: 'silent' }), { releaseDatabases: (names) => executor.release(names) }),
+  });
+  admin = new pg.Client(env().adminUrl);
+  await admin.connect();
+  for (const db of ['pgdp_db_drop', 'pgdp_db_a', 'pgdp_db_b', 'pgdp_db_c', 'pgdp_db_copy']) await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+});
+afterAll(async () => {
+  await proxy?.close();
+  await executor?.close();
+  await admin?.end();
+});
+
+it('DROP DATABASE through the proxy succeeds on a database the executor serves', async () => {
+  await admin.query('CREATE DATABASE pgdp_db_drop');
+  await visit('pgdp_db_drop');
+  expect(await executorConnections('pgdp_db_drop')).toBeGreaterThan(0);
+  const c = new pg.Client(proxy.adminUrl);
+  await c.connect();
+  try {
+    await c.query('DROP DATABASE pgdp_db_drop');
+  } finally {
+    await c.end();
+  }
+  expect((await admin.query(`SELECT count(*)::int AS n FROM pg_database WHERE datname = 'pgdp_db_drop'`)).rows[0].n).toBe(0);
+});
+
+it('ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE of a served database succeed; the renamed one is served again', async () => {
+  await admin.query('CREATE DATABASE pgdp_db_a');
+  await visit('pgdp_db_a');
+  const c = new pg.Client(proxy.adminUrl);
+  await c.connect();
+  try {
+    await c.query('ALTER DATABASE pgdp_db_a RENAME TO pgdp_db_b');
+    await visit('pgdp_db_b');
+    expect(await executorConnections('pgdp_db_b')).toBeGreaterThan(0);
+    await c.query('CREATE DATABASE pgdp_db_c TEMPLATE pgdp_db_b');
+    await c.query('DROP DATABASE pgdp_db_b');
+    await c.query('DROP DATABASE pgdp_db_c');
+  } finally {
+    await c.end();
+  }
+});
+
+it('a template database a client visits gets no df schema and no executor connection, so it can still be copied', async () => {
+  await visit('template1');
+  expect(await executorConnections('template1')).toBe(0);
+  const c = new pg.Client(proxy.adminUrl);
+  await c.connect();
+  try {
+    await c.query('CREATE DATABASE pgdp_db_copy');
+  } finally {
+    await c.end();
+  }
+  const copy = new pg.Client(dbUrl(env().adminUrl, 'pgdp_db_copy'));
+  await copy.connect();
+  try {
+    expect((await copy.query(`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'df'`)).rows[0].n).toBe(0);
+  } finally {
+    await copy.end();
+    await admin.query('DROP DATABASE pgdp_db_copy');
+  }
+});
