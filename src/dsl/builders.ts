@@ -1,4 +1,4 @@
-// The DSL builders of sql/002_dsl.sql, in TypeScript, text for text: the
+// The DSL builders of sql/functions/01_dsl.sql, in TypeScript, text for text: the
 // proxy compiles a literal DSL expression into exactly the graph JSON the SQL
 // functions would build (a property test holds the two together). Values are
 // strings or null, as in SQL: every builder but loop and break is STRICT.
