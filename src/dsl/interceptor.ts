@@ -236,6 +236,15 @@ export const MAX_COMPILED_BYTES = 512 * 1024;
 /** Statements at least this large are compiled on the worker thread (a hop costs less than their compile). */
 export const OFFLOAD_BYTES = 16 * 1024;
 
+/** A Query or Parse message and where its statement text lies in it. */
+interface Statement {
+  message: Buffer;
+  session: SessionInfo;
+  sql: string;
+  sqlStart: number;
+  sqlEnd: number;
+}
+
 export interface InterceptorOptions {
   /** Starts a transaction_mode => 'new' workflow on a connection of its own. */
   startElsewhere?: StartElsewhere;
@@ -279,34 +288,29 @@ export class DslInterceptor implements StatementInterceptor {
     // Parsing alone costs about 80 ms a MiB: a statement larger than this goes to the SQL builders as
     // written, rather than keep the compile worker (or, without one, the event loop) busy.
     if (sqlEnd - sqlStart > MAX_COMPILED_BYTES) return undefined;
-    const sql = message.toString('utf8', sqlStart, sqlEnd);
-    if (this.releaseDatabases && /database/i.test(sql)) {
-      const names = databasesToRelease(sql);
+    const st: Statement = { message, session, sql: message.toString('utf8', sqlStart, sqlEnd), sqlStart, sqlEnd };
+    if (this.releaseDatabases && /database/i.test(st.sql)) {
+      const names = databasesToRelease(st.sql);
       if (names.length > 0) {
-        const go = (): Interception | undefined | Promise<Interception | undefined> => this.compile(message, session, sql, sqlStart, sqlEnd);
+        const go = (): Interception | undefined | Promise<Interception | undefined> => this.compile(st);
         return this.releaseDatabases(names).then(go, go);
       }
     }
-    return this.compile(message, session, sql, sqlStart, sqlEnd);
+    return this.compile(st);
   }
 
-  private compile(
-    message: Buffer,
-    session: SessionInfo,
-    sql: string,
-    sqlStart: number,
-    sqlEnd: number,
-  ): Interception | undefined | Promise<Interception | undefined> {
+  private compile(st: Statement): Interception | undefined | Promise<Interception | undefined> {
+    const { session, sql } = st;
     // A compiler bug must not cost the user the statement: the SQL builders still work.
     const failed = (err: unknown): undefined => {
       this.log.error({ err: (err as Error).message, user: session.user }, 'df compiler failed; statement forwarded unchanged');
       return undefined;
     };
-    if (this.worker && sqlEnd - sqlStart >= OFFLOAD_BYTES) {
+    if (this.worker && st.sqlEnd - st.sqlStart >= OFFLOAD_BYTES) {
       // The session's later bytes wait for this statement; every other session's go on.
       return this.worker
         .rewrite(sql)
-        .then((r) => this.rewritten(r, message, session, sql, sqlStart, sqlEnd), failed)
+        .then((r) => this.rewritten(r, st), failed)
         .catch(failed);
     }
     let r: Rewritten | undefined;
@@ -315,18 +319,12 @@ export class DslInterceptor implements StatementInterceptor {
     } catch (err) {
       return failed(err);
     }
-    return this.rewritten(r, message, session, sql, sqlStart, sqlEnd);
+    return this.rewritten(r, st);
   }
 
   /** What a compiled statement becomes on the wire. */
-  private rewritten(
-    r: Rewritten | undefined,
-    message: Buffer,
-    session: SessionInfo,
-    sql: string,
-    sqlStart: number,
-    sqlEnd: number,
-  ): Interception | undefined | Promise<Interception | undefined> {
+  private rewritten(r: Rewritten | undefined, st: Statement): Interception | undefined | Promise<Interception | undefined> {
+    const { message, session, sql, sqlStart, sqlEnd } = st;
     const type = message[0];
     if (!r) return undefined;
     const replace = (text: string, error?: Interception['error']): Interception => {

@@ -3,6 +3,7 @@
 // checkpoint in one round trip (no rows to wait for), and whether its
 // connection needs a DISCARD ALL afterwards (session state it may leave).
 import { loadModule, parseSync } from 'libpg-query';
+import { memoized } from './memo.js';
 
 let parserReady: Promise<void> | undefined;
 export const loadParser = (): Promise<void> => (parserReady ??= loadModule());
@@ -23,22 +24,13 @@ export interface StepKind {
 }
 
 const TRANSACTIONAL: StepKind = { ownTransaction: false, noRows: false, sessionClean: false };
-const kinds = new Map<string, StepKind>();
 
 /**
  * What the parser says about a step's statement; cached, loop bodies repeat.
  * Unparsable text or several statements count as transactional and
  * row-returning: PostgreSQL reports their error.
  */
-export function stepKind(sql: string): StepKind {
-  let kind = kinds.get(sql);
-  if (kind === undefined) {
-    kind = classify(sql);
-    if (kinds.size >= 10_000) kinds.clear();
-    kinds.set(sql, kind);
-  }
-  return kind;
-}
+export const stepKind = memoized((sql: string): StepKind => classify(sql), 10_000);
 
 function classify(sql: string): StepKind {
   let stmts: { stmt?: ParseNode }[];

@@ -2,6 +2,7 @@
 // first one left-to-right pass for {var}, then one for $name result
 // references over its output. And the truthiness rule of IF and LOOP.
 import { scanSync } from 'libpg-query';
+import { memoized } from './memo.js';
 
 /** A step that cannot run: its node fails with this message. */
 export class StepError extends Error {}
@@ -233,17 +234,7 @@ type Place =
   | { k: 'lit' | 'bits'; quote: "'" | '"'; esc?: string; within?: Within }
   | { k: 'odd'; what: string; within?: undefined };
 
-const places = new Map<string, ReadonlyMap<number, Place>>();
-
-function placesIn(text: string): ReadonlyMap<number, Place> {
-  let p = places.get(text);
-  if (p === undefined) {
-    p = locate(text);
-    if (places.size >= 1000) places.clear();
-    places.set(text, p);
-  }
-  return p;
-}
+const placesIn = memoized((text: string): ReadonlyMap<number, Place> => locate(text), 1000);
 
 const SCAN_FAILED = new Map<number, Place>();
 
