@@ -20,16 +20,19 @@ export interface ProxyOptions {
   startupTimeoutMs?: number;
   connectTimeoutMs?: number;
   interceptor?: StatementInterceptor;
-  /** See SessionContext.prepareDatabase. */
-  prepareDatabase?: (database: string) => Promise<void> | undefined;
 }
+
+const cancelKey = (pid: number, secret: number): string => `${pid}/${secret}`;
 
 export class ProxyServer {
   readonly stats = new ProxyStats();
   private readonly server: net.Server;
   private readonly sessions = new Set<Session>();
-  private readonly byKey = new Map<number, Session>(); // proxy pid → session
-  private nextPid = randomInt(1, 1 << 20);
+  /**
+   * The clients' cancel keys: `pid/secret` → session. Keyed by both, since a backend that
+   * ended and a new one reusing its pid may briefly be two live sessions with one pid.
+   */
+  private readonly byKey = new Map<string, Session>();
   private readonly ctx: SessionContext;
   private readonly abuse = new LogRateLimiter();
 
@@ -44,23 +47,30 @@ export class ProxyServer {
       startupTimeoutMs: opts.startupTimeoutMs ?? 60_000,
       connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
       interceptor: opts.interceptor,
-      prepareDatabase: opts.prepareDatabase,
       register: (s) => {
-        // Proxy pids are unique among live sessions; the secret is what authorises a cancel.
-        do this.nextPid = this.nextPid >= 0x7ffffffe ? 1 : this.nextPid + 1;
-        while (this.byKey.has(this.nextPid));
-        const key = { pid: this.nextPid, secret: randomInt(-0x80000000, 0x7fffffff) };
-        this.byKey.set(key.pid, s);
-        return key;
+        // The backend's pid, so pg_backend_pid(), pg_stat_activity and pg_cancel_backend agree with
+        // the client's key; the secret is the proxy's, so only a CancelRequest through the proxy
+        // works, and the proxy forwards the backend's real secret.
+        const pid = s.backendKey!.pid;
+        let key: string;
+        let secret: number;
+        do {
+          secret = randomInt(-0x80000000, 0x80000000);
+          key = cancelKey(pid, secret);
+        } while (this.byKey.has(key));
+        this.byKey.set(key, s);
+        return { pid, secret };
       },
       unregister: (s) => {
         this.sessions.delete(s);
-        if (s.proxyKey && this.byKey.get(s.proxyKey.pid) === s) this.byKey.delete(s.proxyKey.pid);
+        if (!s.proxyKey) return;
+        const key = cancelKey(s.proxyKey.pid, s.proxyKey.secret);
+        if (this.byKey.get(key) === s) this.byKey.delete(key);
       },
       cancel: (pid, secret, address) => {
-        const s = this.byKey.get(pid);
+        const s = this.byKey.get(cancelKey(pid, secret));
         // Like PostgreSQL, say nothing to the requester either way.
-        if (!s || s.proxyKey?.secret !== secret) {
+        if (!s) {
           this.stats.cancelUnknownKey++;
           this.ctx.noteAbuse(address, { client: address, pid }, 'cancel request with an unknown key');
           return;
