@@ -48,6 +48,16 @@ const settings = {
   stepUrl: postgresUrl
     .optional()
     .describe("how steps log in as their workflow's submitter: this URL's host, port and TLS with the submitter as user (default: the embedded server's private socket, else the executor URL without its password)"),
+  stepPassfile: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("libpq password file (.pgpass format) with the passwords steps log in with when the server asks for one, read again when it changes (default: PGPASSFILE, else ~/.pgpass)"),
+  stepCertDir: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('directory of client certificates for steps: ROLE.crt and ROLE.key (PEM) are sent, over the step URL\'s TLS, when a step logs in as ROLE'),
   allowSuperuserInstances: z
     .enum(['true', 'false'])
     .optional()
