@@ -2,18 +2,21 @@
 // pg-durable-proxy: starts the embedded PostgreSQL (unless --upstream is given),
 // the wire proxy and the admin endpoint; stops them in that order's reverse.
 import { readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { ConfigError, describeSettings, loadConfig, splitHostPort, type Config } from './config.js';
-import { CREDENTIALS_FILE, EmbeddedPostgres } from './embedded.js';
+import { abandonStarts, CREDENTIALS_FILE, EmbeddedPostgres } from './embedded.js';
 import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
-import { connectionTargets } from './engine/targets.js';
+import { connectionTargets, stepLoginFor } from './engine/targets.js';
+import { databaseOf, runCheck } from './check/command.js';
 import { DslInterceptor, loadDslParser } from './dsl/interceptor.js';
 import { startInOwnTransaction } from './engine/start.js';
 import { ProxyServer } from './proxy/server.js';
 import { upstreamFromUrl } from './proxy/upstream.js';
+import { VERSION } from './version.js';
 
 function usage(): string {
   const rows = describeSettings().map(
@@ -21,7 +24,11 @@ function usage(): string {
   );
   return [
     'usage: pg-durable-proxy [options]',
+    '       pg-durable-proxy check --upstream URL [options]   verify a server is set up for the proxy (see check --help)',
+    '       pg-durable-proxy --version',
     '',
+    '  --help, -h                                        print this help and exit',
+    '  --version, -V                                     print the version and exit',
     '  --config FILE          PGDP_CONFIG                JSON file of settings (flags > env > file > defaults)',
     ...rows,
   ].join('\n');
@@ -46,13 +53,33 @@ function readyLine(listen: { host: string; port: number }, upstreamUrl: string, 
   return `pg-durable-proxy ready: psql '${clientUrl(listen, upstreamUrl, false)}' (password: "password" in ${path.join(embedded.dataDir, CREDENTIALS_FILE)})`;
 }
 
-/** The database a URL names (PostgreSQL's default: the user's name). */
-function databaseOf(url: string): string {
-  const u = new URL(url);
-  return decodeURIComponent(u.pathname.slice(1)) || decodeURIComponent(u.username) || 'postgres';
-}
+
+/** Set when a signal abandons the start: the start's own failures that follow are not reported. */
+let abandoning = false;
 
 async function run(cfg: Config, log: Logger): Promise<void> {
+  // Until the proxy is ready, a signal abandons the start: what it started
+  // (the embedded server, initdb) is stopped and waited for, then the process
+  // exits 128 + signal number; a second signal exits at once. From then on a
+  // signal shuts down gracefully. The listeners stay for the whole run, only
+  // their action changes: Node drops a signal caught just before its last
+  // listener is removed.
+  let onSignal = (signal: NodeJS.Signals): void => {
+    const status = 128 + os.constants.signals[signal];
+    if (abandoning) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(status);
+    }
+    abandoning = true;
+    log.warn({ signal }, 'interrupted while starting');
+    void abandonStarts().finally(() => {
+      log.flush();
+      process.exit(status);
+    });
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+
   let secureContext: tls.SecureContext | undefined;
   if (cfg.tlsCert && cfg.tlsKey) {
     try {
@@ -64,17 +91,20 @@ async function run(cfg: Config, log: Logger): Promise<void> {
 
   let embedded: EmbeddedPostgres | undefined;
   if (!cfg.upstream) {
-    embedded = await EmbeddedPostgres.start({ dataDir: cfg.dataDir, port: cfg.embeddedPort, log });
+    // Its own process group: a terminal's Ctrl-C reaches only the proxy, which lets running statements finish before stopping it.
+    embedded = await EmbeddedPostgres.start({ dataDir: cfg.dataDir, port: cfg.embeddedPort, log, ownProcessGroup: true });
     embedded.onUnexpectedExit = () => process.exit(1);
   }
   const upstreamUrl = cfg.upstream ?? embedded!.url;
   const executorUrl = cfg.executorUrl ?? upstreamUrl;
-  const stepTarget = cfg.stepUrl
-    ? { url: cfg.stepUrl }
-    : embedded
-      ? { socketDir: embedded.socketDir, port: embedded.port }
-      : { url: executorUrl };
-  const targets = connectionTargets(executorUrl, stepTarget);
+  let targets: ReturnType<typeof connectionTargets>;
+  try {
+    const stepLogin = stepLoginFor(cfg, executorUrl, embedded ? { socketDir: embedded.socketDir, port: embedded.port } : undefined);
+    targets = connectionTargets(executorUrl, stepLogin, (message) => log.warn({ component: 'executor' }, message));
+  } catch (err) {
+    await embedded?.stop();
+    throw err;
+  }
   const executor = new Executor({
     ...EXECUTOR_DEFAULTS,
     ...targets,
@@ -104,35 +134,14 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     maxMessageSize: cfg.maxMessageSize,
     startupTimeoutMs: cfg.startupTimeout * 1000,
     connectTimeoutMs: cfg.connectTimeout * 1000,
-    prepareDatabase: (database) => executor.prepare(database),
     interceptor: new DslInterceptor(log.child({ component: 'dsl' }), {
       startElsewhere: startInOwnTransaction(targets.start, { max: cfg.maxNewTransactionStarts, timeoutMs: cfg.newTransactionStartTimeout * 1000 }),
       releaseDatabases: (names) => executor.release(names),
+      ensureSchema: (database) => executor.ensure(database),
+      checkLogin: (database, role) => executor.checkLogin(database, role),
     }),
   });
   let admin: AdminServer | undefined;
-  try {
-    const at = await proxy.listen();
-    if (cfg.admin !== 'off') {
-      admin = new AdminServer({ ...splitHostPort(cfg.admin), stats: proxy.stats, probeUrl: cfg.executorUrl ?? upstreamUrl, log });
-      const a = await admin.listen();
-      log.info({ admin: `http://${a.host}:${a.port}` }, 'admin endpoint listening');
-    }
-    // The log never carries the password. The ready line carries the embedded server's
-    // only when a person is reading stderr (a terminal); captured stderr (a service
-    // manager, CI) gets where it is kept instead.
-    log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: clientUrl(at, upstreamUrl, false) }, 'proxy ready');
-    process.stderr.write(readyLine(at, upstreamUrl, embedded) + '\n');
-  } catch (err) {
-    await executor.close();
-    await embedded?.stop();
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
-      throw new ConfigError(`cannot listen on ${(e as { address?: string }).address ?? ''}:${(e as { port?: number }).port ?? ''}: ${e.code}`);
-    }
-    throw err;
-  }
-
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) {
@@ -149,14 +158,42 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     log.flush();
     process.exit(0);
   };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
+  try {
+    const at = await proxy.listen();
+    if (cfg.admin !== 'off') {
+      admin = new AdminServer({ ...splitHostPort(cfg.admin), stats: proxy.stats, probeUrl: cfg.executorUrl ?? upstreamUrl, log });
+      const a = await admin.listen();
+      log.info({ admin: `http://${a.host}:${a.port}` }, 'admin endpoint listening');
+    }
+    // The log never carries the password. The ready line carries the embedded server's
+    // only when a person is reading stderr (a terminal); captured stderr (a service
+    // manager, CI) gets where it is kept instead.
+    log.info({ listen: `${at.host}:${at.port}`, embedded: embedded !== undefined, connectionString: clientUrl(at, upstreamUrl, false) }, 'proxy ready');
+    embedded?.announce(clientUrl(at, upstreamUrl, false));
+    // Before the ready line: whoever reads it may signal at once.
+    onSignal = (signal) => void stop(signal);
+    process.stderr.write(readyLine(at, upstreamUrl, embedded) + '\n');
+  } catch (err) {
+    await executor.close();
+    await embedded?.stop();
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
+      throw new ConfigError(`cannot listen on ${(e as { address?: string }).address ?? ''}:${(e as { port?: number }).port ?? ''}: ${e.code}`);
+    }
+    throw err;
+  }
 }
 
-function main(): void {
+/** Runs the proxy (the command without a subcommand). */
+function serve(args: string[]): void {
+  const options = args.includes('--') ? args.slice(0, args.indexOf('--')) : args;
+  if (options.includes('--version') || options.includes('-V')) {
+    process.stdout.write(`pg-durable-proxy ${VERSION}\n`);
+    return;
+  }
   let cfg: ReturnType<typeof loadConfig>;
   try {
-    cfg = loadConfig(process.argv.slice(2), process.env);
+    cfg = loadConfig(args, process.env);
   } catch (err) {
     process.stderr.write(`pg-durable-proxy: ${(err as Error).message}\n`);
     process.exit(2);
@@ -167,6 +204,7 @@ function main(): void {
   }
   const log = pino({ level: cfg.logLevel, base: { service: 'pg-durable-proxy' } });
   run(cfg, log).catch((err: unknown) => {
+    if (abandoning) return;
     const msg = err instanceof Error ? err.message : String(err);
     log.fatal({ err: msg }, 'start-up failed');
     process.stderr.write(`pg-durable-proxy: ${msg}\n`);
@@ -174,4 +212,25 @@ function main(): void {
   });
 }
 
-main();
+/** A first word that is not an option names a subcommand; without one the proxy runs. */
+function main(argv: string[]): void {
+  const command = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : undefined;
+  switch (command) {
+    case undefined:
+      return serve(argv);
+    case 'check':
+      void runCheck(argv.slice(1), process.env, (text) => process.stdout.write(text + '\n')).then(
+        (status) => process.exit(status),
+        (err: unknown) => {
+          process.stderr.write(`pg-durable-proxy check: ${(err as Error).message}\n`);
+          process.exit(1);
+        },
+      );
+      return;
+    default:
+      process.stderr.write(`pg-durable-proxy: unknown command "${command}" (see --help)\n`);
+      process.exit(2);
+  }
+}
+
+main(process.argv.slice(2));

@@ -222,26 +222,3 @@ CREATE OR REPLACE FUNCTION df.loop_prefix_op(body text) RETURNS text LANGUAGE sq
 SET search_path = pg_catalog, pg_temp AS $$
   SELECT df.loop(body)
 $$;
-
--- The operators live where pg_durable puts them (pg_catalog, so that every
--- search_path finds them) when the installer may write there, else in public.
--- An operator has no CREATE OR REPLACE: each is created once; re-applying this
--- file replaces the functions behind them, which the operators follow.
-DO $do$
-DECLARE
-  s text := CASE WHEN (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN 'pg_catalog' ELSE 'public' END;
-  op record;
-BEGIN
-  FOR op IN SELECT * FROM (VALUES ('~>', 'text', 'df.seq'), ('|=>', 'text', 'df.as_op'), ('&', 'text', 'df.join'),
-                                  ('|', 'text', 'df.race'), ('?>', 'text', 'df.if_then_op'), ('!>', 'text', 'df.if_else_op'),
-                                  ('@>', NULL, 'df.loop_prefix_op')) AS v(name, leftarg, fn)
-  LOOP
-    CONTINUE WHEN EXISTS (
-      SELECT FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-       WHERE n.nspname = s AND o.oprname = op.name AND o.oprright = 'pg_catalog.text'::pg_catalog.regtype
-         AND o.oprleft = coalesce(op.leftarg::pg_catalog.regtype::pg_catalog.oid, 0::pg_catalog.oid));
-    EXECUTE pg_catalog.format('CREATE OPERATOR %s.%s (%sRIGHTARG = text, FUNCTION = %s)',
-      s, op.name, CASE WHEN op.leftarg IS NULL THEN '' ELSE 'LEFTARG = text, ' END, op.fn);
-  END LOOP;
-END
-$do$;

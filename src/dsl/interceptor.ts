@@ -89,10 +89,32 @@ export interface NewStart {
 
 export interface Rewritten {
   sql: string;
+  /** Nothing to change in the statement's text. */
+  unchanged?: true;
+  /** The statement uses the df schema (it may have to be installed first); see usesSchema. */
+  needsSchema?: boolean;
   error?: DslError;
   /** Set when the statement is exactly `SELECT df.start(<literal workflow>, ..., transaction_mode => 'new')`. */
   newStart?: NewStart;
+  /** The df.start calls it runs now (compiled or not; not those in a function or view it defines), for the steps' login check. */
+  starts?: StartCall[];
 }
+
+/** A df.start call: its byte offset, and the database it names as a constant (null: the session's). */
+export interface StartCall {
+  at: number;
+  database: string | null;
+}
+
+/**
+ * Statements whose df.start calls start workflows as they run, and so are
+ * checked for the steps' login; not those of a function, view or default
+ * being defined, which start nothing yet.
+ */
+const STARTS_NOW = new Set([
+  'SelectStmt', 'InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', 'CallStmt', 'ExplainStmt',
+  'DeclareCursorStmt', 'PrepareStmt', 'CreateTableAsStmt', 'CopyStmt',
+]);
 
 /** A string constant's value, null for NULL, undefined for anything else. */
 function constant(a: Ast | undefined): string | null | undefined {
@@ -136,6 +158,44 @@ function callEnd(tokens: Token[], callAt: number): number | undefined {
   return undefined;
 }
 
+/** Statements that run queries, in which a df reference means the df schema must be there. */
+const RUNS_QUERIES = new Set([
+  'SelectStmt', 'InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', 'CallStmt', 'ExplainStmt',
+  'DeclareCursorStmt', 'PrepareStmt', 'CreateTableAsStmt', 'ViewStmt',
+]);
+
+/** Does the tree name something in schema df (a function, a table)? */
+function namesDf(n: unknown): boolean {
+  if (Array.isArray(n)) return n.some(namesDf);
+  if (n === null || typeof n !== 'object') return false;
+  const o = n as Ast;
+  if (o.FuncCall && funcName(o.FuncCall)[0] === 'df') return true;
+  if (o.RangeVar && o.RangeVar.schemaname === 'df') return true;
+  return Object.values(o).some(namesDf);
+}
+
+/**
+ * Whether a statement needs the df schema: it calls df functions or reads df
+ * tables, or is a DO block or a function of another schema whose body
+ * mentions df (the pre-filter found "df." in the text). Statements that
+ * define df's own objects (CREATE SCHEMA df, CREATE TABLE df.x, COPY df.x,
+ * ALTER ..., as a restore sends them) never do: installing the schema under
+ * a restore would make it fail.
+ */
+function usesSchema(tree: Ast): boolean {
+  for (const raw of (tree.stmts ?? []) as Ast[]) {
+    const stmt = (raw.stmt ?? {}) as Ast;
+    const kind = Object.keys(stmt)[0] ?? '';
+    if (kind === 'DoStmt') return true;
+    if (kind === 'CreateFunctionStmt') {
+      if (funcName(stmt.CreateFunctionStmt)[0] !== 'df') return true;
+      continue;
+    }
+    if (RUNS_QUERIES.has(kind) && namesDf(stmt[kind])) return true;
+  }
+  return false;
+}
+
 /** Compiles the df.start calls of one statement text; undefined when there is nothing to change. */
 export function rewriteSql(sql: string): Rewritten | undefined {
   let tree: Ast;
@@ -145,14 +205,24 @@ export function rewriteSql(sql: string): Rewritten | undefined {
     return undefined; // the server reports its own syntax errors
   }
   const calls: Ast[] = [];
-  findStarts(tree.stmts, calls);
-  if (calls.length === 0) return undefined;
+  const startsNow = new Set<Ast>();
+  for (const raw of (tree.stmts ?? []) as Ast[]) {
+    const found = calls.length;
+    findStarts(raw, calls);
+    if (STARTS_NOW.has(Object.keys((raw.stmt ?? {}) as Ast)[0] ?? '')) for (const c of calls.slice(found)) startsNow.add(c);
+  }
+  const needsSchema = usesSchema(tree);
+  if (calls.length === 0) return needsSchema ? { sql, unchanged: true, needsSchema } : undefined;
   const bytes = Buffer.from(sql, 'utf8');
   const tokens = (scanSync(sql) as { tokens: Token[] }).tokens;
   const edits: Edit[] = [];
   let newStart: NewStart | undefined;
+  const starts: StartCall[] = [];
   try {
     for (const call of calls) {
+      const byName = startArguments(call);
+      const named = constant(byName.get('database'));
+      if (startsNow.has(call)) starts.push({ at: call.location as number, database: typeof named === 'string' ? named : null });
       const args = (call.args ?? []) as Ast[];
       const i = args.findIndex((a) => (a.NamedArgExpr ? a.NamedArgExpr.name === 'fut' : true));
       if (i < 0) continue;
@@ -186,7 +256,6 @@ export function rewriteSql(sql: string): Rewritten | undefined {
       validate(graph, start, locate);
       const plain = fut.A_Const?.sval !== undefined;
       if (!plain) edits.push({ start, end: span.end, text: dollarQuote(graph) });
-      const byName = startArguments(call);
       const mode = constant(byName.get('transaction_mode'));
       if (typeof mode === 'string' && mode.toLowerCase() === 'new') {
         const sole = soleStartTarget(tree, call);
@@ -202,9 +271,9 @@ export function rewriteSql(sql: string): Rewritten | undefined {
     if (err instanceof DslError) return { sql, error: err };
     throw err;
   }
-  if (newStart) return { sql, newStart };
-  if (edits.length === 0) return undefined;
-  return { sql: applyEdits(bytes, edits) };
+  if (newStart) return { sql, newStart, needsSchema, starts };
+  if (edits.length === 0) return { sql, unchanged: true, needsSchema, starts };
+  return { sql: applyEdits(bytes, edits), needsSchema, starts };
 }
 
 function applyEdits(bytes: Buffer, edits: Edit[]): string {
@@ -252,6 +321,36 @@ export interface InterceptorOptions {
   worker?: CompileWorker | null;
   /** Closes the proxy's own connections to these databases (before a DROP, RENAME or a copy of them). */
   releaseDatabases?: (names: string[]) => Promise<void>;
+  /**
+   * Before a statement that uses the df schema: installs it if need be.
+   * Undefined when nothing need be done; else resolves to why df cannot be
+   * used in the database (the statement then fails with that), or undefined.
+   */
+  ensureSchema?: (database: string) => Promise<string | undefined> | undefined;
+  /**
+   * Whether steps can log in to `database` as `role` (Executor.checkLogin): the error a df.start
+   * of that submitter fails with, else undefined; a promise only while the answer is not known.
+   */
+  checkLogin?: (database: string, role: string) => PgError | undefined | Promise<PgError | undefined>;
+}
+
+/** Bind carries at most this many values (an int16 count); no statement can use more. */
+const MAX_PARAMETERS = 65535;
+
+/** How many parameters a Parse's statement takes: its highest $n, or the types it declares if more. */
+function parameterCount(st: Statement): number {
+  const { message, sql, sqlEnd } = st;
+  // After the statement's terminator: an int16 count of declared types, then their OIDs (0 for unspecified).
+  const declared = sqlEnd + 3 <= message.length ? message.readUInt16BE(sqlEnd + 1) : 0;
+  let highest = 0;
+  try {
+    for (const t of (scanSync(sql) as { tokens: (Token & { tokenName: string })[] }).tokens) {
+      if (t.tokenName === 'PARAM') highest = Math.max(highest, Number(t.text.slice(1)) || 0);
+    }
+  } catch {
+    // Unscannable text cannot have compiled into a DSL error; the declared types still count.
+  }
+  return Math.min(Math.max(declared, highest), MAX_PARAMETERS);
 }
 
 export class DslInterceptor implements StatementInterceptor {
@@ -259,6 +358,8 @@ export class DslInterceptor implements StatementInterceptor {
   private readonly worker: CompileWorker | undefined;
   private readonly startElsewhere: StartElsewhere | undefined;
   private readonly releaseDatabases: ((names: string[]) => Promise<void>) | undefined;
+  private readonly ensureSchema: InterceptorOptions['ensureSchema'];
+  private readonly checkLogin: InterceptorOptions['checkLogin'];
 
   constructor(
     private readonly log: Logger,
@@ -268,6 +369,8 @@ export class DslInterceptor implements StatementInterceptor {
     this.worker = worker ?? undefined;
     this.startElsewhere = opts.startElsewhere;
     this.releaseDatabases = opts.releaseDatabases;
+    this.ensureSchema = opts.ensureSchema;
+    this.checkLogin = opts.checkLogin;
   }
 
   /** Stops the compile worker. */
@@ -322,11 +425,32 @@ export class DslInterceptor implements StatementInterceptor {
     return this.rewritten(r, st);
   }
 
-  /** What a compiled statement becomes on the wire. */
+  /** What a compiled statement becomes on the wire, once the df schema it uses is there. */
   private rewritten(r: Rewritten | undefined, st: Statement): Interception | undefined | Promise<Interception | undefined> {
+    if (!r) return undefined;
+    const ensuring = r.needsSchema && !r.error ? this.ensureSchema?.(st.session.database) : undefined;
+    if (!ensuring) return this.onWire(r, st);
+    return ensuring.then((why) =>
+      this.onWire(
+        why === undefined
+          ? r
+          : {
+              sql: st.sql,
+              error: new DslError(
+                `pg-durable-proxy does not serve database "${st.session.database}": ${why}`,
+                '55000',
+                undefined,
+                'The proxy log has the same line; `pg-durable-proxy check` lists what the executor role lacks.',
+              ),
+            },
+        st,
+      ),
+    );
+  }
+
+  private onWire(r: Rewritten, st: Statement): Interception | undefined | Promise<Interception | undefined> {
     const { message, session, sql, sqlStart, sqlEnd } = st;
     const type = message[0];
-    if (!r) return undefined;
     const replace = (text: string, error?: Interception['error']): Interception => {
       const body = Buffer.from(text, 'utf8');
       const head = message.subarray(0, sqlStart);
@@ -336,7 +460,7 @@ export class DslInterceptor implements StatementInterceptor {
       return { message: out, error };
     };
     if (r.error) {
-      return this.failWith(replace, {
+      return this.failWith(st, replace, {
         severity: 'ERROR',
         code: r.error.code,
         message: r.error.message,
@@ -353,7 +477,7 @@ export class DslInterceptor implements StatementInterceptor {
       // The start submits as the current role (after SET ROLE), as caller mode does: the server says which it is.
       const role = session.currentRole();
       if (role === undefined) {
-        return this.failWith(replace, {
+        return this.failWith(st, replace, {
           severity: 'ERROR',
           code: '0A000',
           message: "df.start() with transaction_mode => 'new' cannot run while earlier statements of the session are pending",
@@ -363,14 +487,19 @@ export class DslInterceptor implements StatementInterceptor {
       }
       const bytes = Buffer.from(sql, 'utf8');
       const startElsewhere = this.startElsewhere;
-      return role.then((current) =>
+      return role.then(async (current) =>
+        // It logs in as the current role, as its steps will: first, whether the proxy can.
+        (await this.loginCheck([{ at: ns.start, database: ns.database }], current, st)) ??
         startElsewhere({ role: current, database: session.database }, { graph: ns.graph, label: ns.label, database: ns.database }),
       ).then(
-        (id) => replace(applyEdits(bytes, [{ start: ns.start, end: ns.end, text: `'${id}'::text${ns.unnamed ? ' AS start' : ''}` }])),
+        (id) =>
+          typeof id === 'string'
+            ? replace(applyEdits(bytes, [{ start: ns.start, end: ns.end, text: `'${id}'::text${ns.unnamed ? ' AS start' : ''}` }]))
+            : this.failWith(st, replace, id),
         (err: unknown) => {
           const e = err as { code?: string; message?: string; detail?: string; hint?: string };
           this.log.warn({ err: e.message, user: session.user }, "transaction_mode => 'new': the start failed");
-          return this.failWith(replace, {
+          return this.failWith(st, replace, {
             severity: 'ERROR',
             code: typeof e.code === 'string' && e.code.length === 5 ? e.code : '08006',
             message: typeof e.code === 'string' ? String(e.message) : `df.start(): transaction_mode => 'new' could not open its own connection: ${e.message}`,
@@ -381,12 +510,49 @@ export class DslInterceptor implements StatementInterceptor {
         },
       );
     }
-    return replace(r.sql);
+    // The submitter is the current role; the login role stands for it (asking the server costs a round trip,
+    // and cannot be done when pipelined). After a SET ROLE, steps that cannot log in fail the instance instead.
+    const go = (): Interception | undefined => (r.unchanged ? undefined : replace(r.sql));
+    const refused = this.loginCheck(r.starts, session.user, st);
+    if (refused === undefined) return go();
+    if (!(refused instanceof Promise)) return this.failWith(st, replace, refused);
+    return refused.then((fields) => (fields ? this.failWith(st, replace, fields) : go()));
   }
 
-  /** The statement becomes one the server fails with a marker; the session shows `fields` instead. */
-  private failWith(replace: (text: string, error?: Interception['error']) => Interception, fields: PgError): Interception {
-    const marker = `pg-durable-proxy:dsl-error:${++this.seq}`;
-    return replace(`DO $pgdp$BEGIN RAISE EXCEPTION '${marker}'; END$pgdp$`, { marker, fields });
+  /**
+   * Whether the proxy can log in as `role` for the workflows of these
+   * df.start calls: the error of the first it cannot, at that call, else
+   * undefined. Without a promise once the answers are known (a Map look-up).
+   */
+  private loginCheck(starts: StartCall[] | undefined, role: string, st: Statement): PgError | undefined | Promise<PgError | undefined> {
+    const check = this.checkLogin;
+    if (!check || !starts?.length) return undefined;
+    const answers = starts.map((s) => check(s.database ?? st.session.database, role));
+    const first = (known: (PgError | undefined)[]): PgError | undefined => {
+      const i = known.findIndex((a) => a !== undefined);
+      return i < 0 ? undefined : { ...known[i]!, position: charPosition(st.sql, starts[i]!.at) };
+    };
+    if (!answers.some((a) => a instanceof Promise)) return first(answers as (PgError | undefined)[]);
+    return Promise.all(answers).then(first, () => undefined);
+  }
+
+  /**
+   * The statement becomes one the server fails with a marker; the session shows `fields` instead.
+   * It fails in parse analysis (the marker literal's cast to int4 is evaluated then), so a Parse
+   * fails at Parse like a syntax error, and the rest of the batch is skipped to the Sync. It
+   * takes the client's parameters ($1 .. $N as text, after the marker, never analysed), so
+   * nothing can object to their number or types first.
+   */
+  private failWith(
+    st: Statement,
+    replace: (text: string, error?: Interception['error']) => Interception,
+    fields: PgError,
+  ): Interception {
+    // Random, so that no statement of the client's can raise it and have its error swapped.
+    const marker = `pgdp_dsl_error_${randomBytes(8).toString('hex')}_${++this.seq}`;
+    const n = st.message[0] === 0x50 ? parameterCount(st) : 0;
+    let text = `SELECT '${marker}'::pg_catalog.int4`;
+    for (let i = 1; i <= n; i++) text += `, $${i}::pg_catalog.text`;
+    return replace(text, { marker, fields });
   }
 }

@@ -8,9 +8,11 @@ import type { Logger } from 'pino';
 import { buildGraph, GraphError, type Node } from './graph.js';
 import { Aborted, delay, runInstance, type Effects } from './interpreter.js';
 import { install } from '../schema/install.js';
-import { SchemaRefused } from '../schema/verify.js';
+import { SchemaIncomplete, SchemaRefused } from '../schema/verify.js';
 import { loadParser } from './statement-kind.js';
 import { cutReason, limitStepResults, releaseClean, runSqlStep, stepErrorText } from './steps.js';
+import { cannotLogIn, loginRefusal } from './credentials.js';
+import type { PgError } from '../proxy/protocol.js';
 import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
 import { VERSION } from '../version.js';
@@ -59,8 +61,20 @@ const CONTROL_MAX_MESSAGE = 500 * 1024 * 1024;
 /** How long the executor trusts its answer to "can this role become superuser?". */
 const ESCALATION_CACHE_MS = 5000;
 
-/** How long a refused database stays refused before a client's visit checks it again (discovery rechecks every minute too). */
+/** How long checkLogin's answer stands: a login that worked, and one that did not (so a fixed passfile is seen soon). */
+const LOGIN_OK_MS = 60_000;
+const LOGIN_FAILED_MS = 5000;
+const LOGIN_CACHE_MAX = 10_000;
+/** A login check that takes longer lets df.start through (the steps will say what is wrong). */
+const LOGIN_CHECK_MS = 10_000;
+/** A step whose login is refused tries this often, LOGIN_RETRY_MS x attempt apart, before it fails. */
+const LOGIN_ATTEMPTS = 3;
+const LOGIN_RETRY_MS = 1000;
+
+/** How long a refused database stays refused before a statement's use checks it again (discovery rechecks every minute too). */
 const REFUSED_RECHECK_MS = 60_000;
+/** How long an install that failed, or a df schema a restore is still writing, is left alone before a statement's use tries again. */
+const RETRY_MS = 5000;
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
@@ -68,8 +82,8 @@ export class Executor {
   readonly owner = randomUUID();
   private readonly workers = new Map<string, Promise<DatabaseWorker>>();
   private readonly serving = new Set<string>();
-  /** Databases refused: the reason last logged, and when it was found. */
-  private readonly refused = new Map<string, { reason: string; at: number }>();
+  /** Databases not served: why (last logged), when it was found, and how long that answer stands. */
+  private readonly refused = new Map<string, { reason: string; at: number; forMs: number; incomplete: boolean }>();
   private discoverTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -89,31 +103,38 @@ export class Executor {
         },
         (err: unknown) => {
           this.workers.delete(database); // a later use retries
-          // One line per database and reason, however often discovery or clients come back to it.
-          if (!(err instanceof SchemaRefused)) return;
-          const logged = this.refused.get(database)?.reason === err.message;
-          this.refused.set(database, { reason: err.message, at: Date.now() });
-          if (!logged) {
-            this.opts.log.error({ database, reason: err.message }, `refusing to serve database "${database}": ${err.message}`);
-          }
+          const reason = (err as Error).message;
+          // One line per database and reason, however often discovery or statements come back to it.
+          const logged = this.refused.get(database)?.reason === reason;
+          const incomplete = err instanceof SchemaIncomplete;
+          this.refused.set(database, { reason, at: Date.now(), forMs: err instanceof SchemaRefused ? REFUSED_RECHECK_MS : RETRY_MS, incomplete });
+          if (logged) return;
+          if (err instanceof SchemaRefused) this.opts.log.error({ database, reason }, `refusing to serve database "${database}": ${reason}`);
+          else if (incomplete) this.opts.log.info({ database, reason }, `not serving database "${database}" yet: ${reason}`);
+          else this.opts.log.error({ database, err: reason }, `cannot install the df schema in database "${database}": ${reason}`);
         },
       );
     }
     return w.then(() => {});
   }
 
-  /** For the proxy's sessions: undefined when `database` is served already, else a promise that never rejects. */
-  prepare(database: string): Promise<void> | undefined {
+  /**
+   * For a statement that uses the df schema: the schema is installed when
+   * first needed, never because a client connected (a pg_restore through
+   * the proxy must find the database as it left it). Undefined when there
+   * is nothing to do; else a promise, never rejected, of the reason df
+   * cannot be used in `database` (undefined: it can, or a restore is writing
+   * it and the statement is part of that).
+   */
+  ensure(database: string): Promise<string | undefined> | undefined {
     if (this.serving.has(database) || this.closed) return undefined;
     if (this.opts.databases && !this.opts.databases.includes(database)) return undefined;
-    // A database refused lately is not checked again for every client that connects to it.
-    const refused = this.refused.get(database);
-    if (refused && Date.now() - refused.at < REFUSED_RECHECK_MS) return undefined;
-    return this.serve(database).catch((err: unknown) => {
-      if (!(err instanceof SchemaRefused)) {
-        this.opts.log.error({ database, err: (err as Error).message }, 'cannot install the df schema; df.* will not work in this database');
-      }
-    });
+    const known = this.refused.get(database);
+    if (known && Date.now() - known.at < known.forMs) return known.incomplete ? undefined : Promise.resolve(known.reason);
+    return this.serve(database).then(
+      () => undefined,
+      (err: unknown) => (err instanceof SchemaIncomplete ? undefined : (err as Error).message),
+    );
   }
 
   /**
@@ -140,23 +161,27 @@ export class Executor {
           await probe.connect();
           const { rows } = await probe.query<{ has: boolean }>(`SELECT to_regclass('df.migrations') IS NOT NULL AS has`);
           if (rows[0]?.has) await this.serve(db);
-        } catch (err) {
-          if (!(err instanceof SchemaRefused)) this.opts.log.debug({ database: db, err: (err as Error).message }, 'database not served');
+        } catch {
+          // serve() logged why; an unreachable database is left for the next scan.
         } finally {
           await probe.end().catch(() => {});
         }
       }
     };
-    // A refused database is logged and left alone; the others are served.
+    // Configured databases get their schema now. A refused database, or one a restore is
+    // still writing, is logged and left alone (rechecked every minute); the others are served.
     const serveUnlessRefused = (db: string): Promise<void> =>
       this.serve(db).catch((err: unknown) => {
-        if (!(err instanceof SchemaRefused)) throw err;
+        if (!(err instanceof SchemaRefused) && !(err instanceof SchemaIncomplete)) throw err;
       });
     if (this.opts.databases) {
       for (const db of this.opts.databases) await serveUnlessRefused(db);
+      this.discoverTimer = setInterval(() => {
+        for (const db of this.opts.databases!) if (!this.workers.has(db) && !this.closed) void this.serve(db).catch(() => {});
+      }, 60_000);
+      this.discoverTimer.unref();
       return;
     }
-    await serveUnlessRefused(fromDatabase);
     await scan();
     this.discoverTimer = setInterval(() => void scan().catch((err: unknown) => this.opts.log.warn({ err: (err as Error).message }, 'database scan failed')), 60_000);
     this.discoverTimer.unref();
@@ -187,12 +212,67 @@ export class Executor {
     );
   }
 
+  /** checkLogin's answers per database and role, until when they stand; a promise while one is being found. */
+  private readonly logins = new Map<string, { refusal: PgError | undefined; until: number } | Promise<PgError | undefined>>();
+
+  /**
+   * Whether steps can log in to `database` as `role`: the error df.start
+   * fails with when they cannot (the workflow could never run), else
+   * undefined. Tried as a step logs in, on the step pool when the database
+   * is served, so the connection goes on to serve steps. A known answer
+   * comes back at once, without a promise.
+   */
+  checkLogin(database: string, role: string): PgError | undefined | Promise<PgError | undefined> {
+    if (this.closed || (this.opts.databases && !this.opts.databases.includes(database))) return undefined;
+    const key = `${database}\0${role}`;
+    const known = this.logins.get(key);
+    if (known instanceof Promise) return known;
+    if (known && Date.now() < known.until) return known.refusal;
+    const pending = this.tryLogin(database, role).then(({ refusal, forMs }) => {
+      if (this.logins.size >= LOGIN_CACHE_MAX) this.logins.clear();
+      this.logins.set(key, { refusal, until: Date.now() + forMs });
+      return refusal;
+    });
+    this.logins.set(key, pending);
+    return pending;
+  }
+
+  private async tryLogin(database: string, role: string): Promise<{ refusal: PgError | undefined; forMs: number }> {
+    const worker = this.serving.has(database) ? await this.workers.get(database)?.catch(() => undefined) : undefined;
+    const login = worker ? worker.stepLogin(database, role) : loginOnce(this.opts.step(database, role));
+    let timer: NodeJS.Timeout | undefined;
+    const slow = new Promise<'slow'>((resolve) => (timer = setTimeout(() => resolve('slow'), LOGIN_CHECK_MS)));
+    const outcome = await Promise.race([login.then(() => 'ok' as const, (err: unknown) => ({ err })), slow]).finally(() => clearTimeout(timer));
+    if (outcome === 'ok') return { refusal: undefined, forMs: LOGIN_OK_MS };
+    const refused = outcome === 'slow' ? undefined : loginRefusal(outcome.err);
+    if (!refused) {
+      // Not a refusal of this role (the server is down, the database is gone): df.start reports its own errors.
+      const err = outcome === 'slow' ? `no answer in ${LOGIN_CHECK_MS / 1000}s` : (outcome.err as Error)?.message;
+      this.opts.log.debug({ database, role, err }, 'step login check inconclusive');
+      return { refusal: undefined, forMs: LOGIN_FAILED_MS };
+    }
+    const refusal = cannotLogIn(role, refused);
+    this.opts.log.warn({ database, role, err: refused.reason }, refusal.message);
+    return { refusal, forMs: LOGIN_FAILED_MS };
+  }
+
   /** Stops claiming, stops running steps (they roll back) and hands the runs back. */
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.discoverTimer);
     const all = await Promise.allSettled([...this.workers.values()]);
     await Promise.all(all.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
+  }
+}
+
+/** Logs in with `config` and out again; rejects with the login's error. */
+async function loginOnce(config: pg.ClientConfig): Promise<void> {
+  const c = new pg.Client({ ...config, connectionTimeoutMillis: LOGIN_CHECK_MS });
+  c.on('error', () => {});
+  try {
+    await c.connect();
+  } finally {
+    await c.end().catch(() => {});
   }
 }
 
@@ -267,6 +347,14 @@ class DatabaseWorker {
         const installed = await install(client, opts.dfOwner);
         if (installed.migrations.length || installed.functions) {
           opts.log.info({ database, migrations: installed.migrations, functions: installed.functions }, 'df schema installed');
+        }
+        if (installed.operatorsMissing) {
+          // Optional: the proxy compiles the DSL itself; DO blocks, triggers and direct clients need them (or df.seq(...) and the like).
+          opts.log.warn(
+            { database, reason: installed.operatorsMissing },
+            `the DSL operators (~> |=> & | ?> !> @>) are not installed in database "${database}": ${installed.operatorsMissing}; ` +
+              'grant it CREATE on schema public and restart, or see pg-durable-proxy check',
+          );
         }
         // What df.start checks without the proxy: databases => NULL means every database.
         await client.query(
@@ -477,17 +565,7 @@ class DatabaseWorker {
     };
     return {
       runSql: async (node, sql, stamp, signal) => {
-        const pool = this.stepPool(database, instance.role!);
-        let client: pg.PoolClient;
-        try {
-          client = await pool.connect();
-        } catch (err) {
-          const code = (err as { code?: string }).code ?? '';
-          if (code.startsWith('28') || code === '3D000') {
-            throw new StepError(`cannot connect to database "${database}" as role "${instance.role}" to run the step: ${stepErrorText(err)}`);
-          }
-          throw err;
-        }
+        const client = await this.stepConnection(database, instance.role!, signal);
         // Substitution quotes for standard_conforming_strings = on, a startup option of step connections
         // that something between the proxy and PostgreSQL (a pooler) could have dropped.
         const scs = (client as unknown as StepClient).settings.get('standard_conforming_strings');
@@ -552,6 +630,41 @@ class DatabaseWorker {
       ending.push(pool.end().catch(() => {}));
     }
     await Promise.all(ending);
+  }
+
+  /**
+   * A step's connection. A refused login (no password known, a wrong one, no
+   * pg_hba rule) may be an operator's fix in progress: it is tried a few
+   * times, a second or two apart, then the step fails with what df.start
+   * says of such a submitter. Anything else is the server's trouble: the
+   * caller resumes the instance later.
+   */
+  private async stepConnection(database: string, role: string, signal: AbortSignal): Promise<pg.PoolClient> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.stepPool(database, role).connect();
+      } catch (err) {
+        const refused = loginRefusal(err);
+        if (refused && attempt < LOGIN_ATTEMPTS) {
+          this.log.warn({ role, err: refused.reason, attempt }, 'step login refused; trying again');
+          await delay(LOGIN_RETRY_MS * attempt, signal);
+          continue;
+        }
+        if (refused) throw new StepError(cannotLogIn(role, refused).message);
+        if ((err as { code?: string }).code === '3D000') {
+          throw new StepError(`cannot connect to database "${database}" as role "${role}" to run the step: ${stepErrorText(err)}`);
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** Logs in as the steps of `role` do; the connection stays in the step pool for them. */
+  stepLogin(database: string, role: string): Promise<void> {
+    // A worker stopping makes no new pool; all connections busy: one of its own answers rather than wait for one.
+    const pool = this.closing ? undefined : this.stepPool(database, role);
+    if (!pool || (pool.idleCount === 0 && pool.totalCount >= this.opts.stepPoolSize)) return loginOnce(this.opts.step(database, role));
+    return pool.connect().then((client) => client.release());
   }
 
   private stepPool(database: string, role: string): pg.Pool {

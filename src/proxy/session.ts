@@ -31,11 +31,9 @@ export interface SessionContext {
   readonly connectTimeoutMs: number;
   readonly interceptor: StatementInterceptor | undefined;
   /**
-   * Readies a database for df.* use (the df schema) when a session first
-   * reaches it; the client gets its first ReadyForQuery once that is done.
+   * Issues the client's cancel key for a session that now has a backend key: the
+   * backend's own pid (what pg_backend_pid() and pg_stat_activity show) and a secret of the proxy's.
    */
-  readonly prepareDatabase: ((database: string) => Promise<void> | undefined) | undefined;
-  /** Issues the proxy's own cancel key for a session that now has a backend key. */
   register(session: Session): { pid: number; secret: number };
   unregister(session: Session): void;
   /** Forwards a CancelRequest carrying the proxy's key to the matching backend. */
@@ -115,7 +113,7 @@ export class Session implements SessionInfo {
   private bytesOut = 0;
   private closeReason = 'client disconnected';
   private startupTimer: NodeJS.Timeout | undefined;
-  /** The backend's own cancel key, and the one the client was given instead. */
+  /** The backend's own cancel key, and the one the client was given instead (same pid, the proxy's secret). */
   backendKey: { pid: number; secret: number } | undefined;
   proxyKey: { pid: number; secret: number } | undefined;
   readonly remote: string;
@@ -219,6 +217,21 @@ export class Session implements SessionInfo {
       if (this.pendingErrors.size > 100) this.pendingErrors.delete(this.pendingErrors.keys().next().value!);
     }
     return r.message;
+  }
+
+  /**
+   * The DSL error whose marker the server's error quotes (as in `invalid input syntax for
+   * type integer: "<marker>"`, in whatever language the server speaks), forgotten once found.
+   */
+  private markedError(msg: Buffer): PgError | undefined {
+    const text = errorField(msg, 0x4d);
+    if (text === undefined) return undefined;
+    for (const [marker, fields] of this.pendingErrors) {
+      if (!text.includes(marker)) continue;
+      this.pendingErrors.delete(marker);
+      return fields;
+    }
+    return undefined;
   }
 
   private fromClient(chunk: Buffer): void {
@@ -380,7 +393,7 @@ export class Session implements SessionInfo {
     switch (msg[0]) {
       case MSG.readyForQuery:
         this.txStatus = msg[5] ?? 0x49;
-        if (this.state !== 'ready') return this.becomeReady(msg);
+        if (this.state !== 'ready') return this.becomeReady();
         if (this.pendingReady > 0) {
           this.pendingReady--;
           if (!this.busy && this.draining) queueMicrotask(() => this.drain());
@@ -388,12 +401,8 @@ export class Session implements SessionInfo {
         return undefined;
       case MSG.errorResponse: {
         if (this.pendingErrors.size > 0) {
-          const marker = errorField(msg, 0x4d);
-          const replacement = marker !== undefined ? this.pendingErrors.get(marker) : undefined;
-          if (replacement) {
-            this.pendingErrors.delete(marker!);
-            return errorResponse(replacement);
-          }
+          const replacement = this.markedError(msg);
+          if (replacement) return errorResponse(replacement);
         }
         const sev = errorSeverity(msg);
         if (sev === 'FATAL' || sev === 'PANIC') this.serverSentFatal = true;
@@ -436,7 +445,7 @@ export class Session implements SessionInfo {
   }
 
   /** The server's first ReadyForQuery: from here on the client's messages are relayed and interpreted. */
-  private becomeReady(rfq: Buffer): Buffer | undefined {
+  private becomeReady(): undefined {
     this.state = 'ready';
     this.opened = true;
     clearTimeout(this.startupTimer);
@@ -445,22 +454,8 @@ export class Session implements SessionInfo {
     this.serverHandler.classify = this.readyServerClassify;
     this.log.info({ user: this.user, database: this.database, application: this.application }, 'connection opened');
     if (this.draining) queueMicrotask(() => this.drain());
-    const preparing = this.ctx.prepareDatabase?.(this.database);
-    if (!preparing) {
-      this.releaseClient();
-      return undefined;
-    }
-    const copy = Buffer.from(rfq);
-    const release = (): void => {
-      if (this.state === 'closed') return;
-      this.client.write(copy);
-      this.releaseClient();
-    };
-    preparing.then(release, (err: unknown) => {
-      this.log.error({ err: (err as Error)?.message }, 'preparing the database failed');
-      release();
-    });
-    return EMPTY;
+    this.releaseClient();
+    return undefined;
   }
 
   private releaseClient(): void {

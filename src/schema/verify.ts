@@ -8,7 +8,7 @@ import type pg from 'pg';
 /** The database's df schema cannot be served; the message says why. */
 export class SchemaRefused extends Error {}
 
-/** Where the DSL operators are created: pg_catalog by a superuser, else public (sql/functions/01_dsl.sql). */
+/** The DSL operators, created in schema public (sql/functions/04_operators.sql). */
 export const DSL_OPERATORS = ['~>', '|=>', '&', '|', '?>', '!>', '@>'];
 
 // Every object of the df schema not owned by the current user, every
@@ -57,7 +57,7 @@ SELECT pg_catalog.format('operator %s is owned by %s and runs %s', o.oid::pg_cat
                          o.oprcode::pg_catalog.regprocedure)
   FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
        JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode, ns, me
- WHERE n.nspname = (CASE WHEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = me.oid) THEN 'pg_catalog' ELSE 'public' END)
+ WHERE n.nspname = 'public'
    AND o.oprname = ANY ($1::text[])
    AND o.oprright = 'pg_catalog.text'::pg_catalog.regtype
    AND o.oprleft IN (0, 'pg_catalog.text'::pg_catalog.regtype)
@@ -68,4 +68,62 @@ LIMIT 20`;
 export async function foreignObjects(client: pg.ClientBase): Promise<string[]> {
   const { rows } = await client.query<{ what: string }>(FOREIGN, [DSL_OPERATORS]);
   return rows.map((r) => r.what);
+}
+
+/**
+ * The df schema is there but not whole: a restore (pg_restore, psql) is
+ * writing it, table by table, data before constraints. Serving it now could
+ * claim a run whose instance, nodes or vars are not restored yet. The
+ * installer leaves it alone until it is complete; undefined when it is.
+ */
+export class SchemaIncomplete extends Error {}
+
+/**
+ * What a restore creates last (after the data): keys, indexes, policies and
+ * triggers of the df tables. The installer records their number in
+ * df.settings; a restore brings that row with the data, before them.
+ */
+export const POST_DATA_OBJECTS = `
+SELECT ((SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint k
+          WHERE k.connamespace = 'df'::pg_catalog.regnamespace AND k.contype IN ('p', 'f', 'u', 'x'))
+      + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+          WHERE c.relnamespace = 'df'::pg_catalog.regnamespace)
+      + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+          WHERE c.relnamespace = 'df'::pg_catalog.regnamespace)
+      + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+          WHERE c.relnamespace = 'df'::pg_catalog.regnamespace AND NOT t.tgisinternal))::int AS n`;
+
+/** Why the database's df schema is not whole yet (a restore is writing it), or undefined. */
+export async function incompleteReason(client: pg.ClientBase): Promise<string | undefined> {
+  const { rows } = await client.query<{ migrations: boolean | null; functions: boolean | null; settings: boolean; others: number }>(
+    `SELECT pg_catalog.to_regclass('df.migrations') IS NOT NULL AS migrations,
+            pg_catalog.to_regclass('df.function_files') IS NOT NULL AS functions,
+            pg_catalog.to_regclass('df.settings') IS NOT NULL AS settings,
+            (SELECT pg_catalog.count(*)::int FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'df'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p')
+                AND c.relname NOT IN ('migrations', 'function_files')) AS others`,
+  );
+  const t = rows[0]!;
+  const tables = t.migrations && t.functions;
+  // Nothing but (empty) bookkeeping, or nothing at all: a schema made for the executor by hand
+  // (CREATE SCHEMA df AUTHORIZATION ...), which the installer fills.
+  if (t.others === 0) return undefined;
+  if (!tables) return 'it has tables but no df.migrations or df.function_files';
+  const { rows: r } = await client.query<{ migrations: boolean; functions: boolean; recorded: string | null; present: number }>(
+    `SELECT EXISTS (SELECT FROM df.migrations) AS migrations, EXISTS (SELECT FROM df.function_files) AS functions,
+            ${t.settings ? `(SELECT s.value FROM df.settings s WHERE s.name = 'post_data_objects')` : 'NULL::text'} AS recorded,
+            (${POST_DATA_OBJECTS}) AS present`,
+  );
+  const c = r[0]!;
+  if (!c.migrations) return 'df.migrations is empty';
+  if (!c.functions) return 'df.function_files is empty';
+  if (c.recorded === null) {
+    // Installed before the count was recorded (or the row is not restored yet): foreign keys come last.
+    const { rows: fk } = await client.query<{ n: number }>(
+      `SELECT pg_catalog.count(*)::int AS n FROM pg_catalog.pg_constraint k WHERE k.connamespace = 'df'::pg_catalog.regnamespace AND k.contype = 'f'`,
+    );
+    return fk[0]!.n > 0 ? undefined : 'its foreign keys are missing';
+  }
+  if (c.present < Number(c.recorded)) return `${c.present} of its ${c.recorded} keys, indexes, policies and triggers exist`;
+  return undefined;
 }

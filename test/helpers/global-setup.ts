@@ -3,14 +3,15 @@
 // their pg_hba rules, and TLS. Everything is done over SQL, so the same set-up
 // works on an embedded server and on a local server given by URL.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { pino } from 'pino';
 import type { TestProject } from 'vitest/node';
 import { EmbeddedPostgres } from '../../src/embedded.js';
-import { ROLES, type TestEnv } from './roles.js';
+import { startManagedCluster, type ManagedCluster } from './managed-cluster.js';
+import { APP, EXECUTOR, ROLES, type TestEnv } from './roles.js';
 
 /** Writes a file as the server's OS user (large-object export). */
 async function writeServerFile(admin: pg.Client, file: string, content: string): Promise<void> {
@@ -25,14 +26,31 @@ declare module 'vitest' {
   }
 }
 
+const EXECUTOR_SCRIPT = path.resolve(import.meta.dirname, '../../sql/executor-role.sql');
+
 let embedded: EmbeddedPostgres | undefined;
+let managed: ManagedCluster | undefined;
 let tmp: string | undefined;
+
+/**
+ * TEST_MODE=managed: a cluster that behaves like a managed service (Debian's
+ * server binaries from TEST_PG_BIN, PostgreSQL 15 in CI): SCRAM passwords
+ * over TCP for every role, no Unix socket, an executor that is no superuser
+ * (made by sql/executor-role.sql) and workflows started by an ordinary role.
+ */
+const MODE = process.env.TEST_MODE === 'managed' ? 'managed' : 'embedded';
+const PG_BIN = process.env.TEST_PG_BIN ?? '/usr/lib/postgresql/15/bin';
 
 export async function setup(project: TestProject): Promise<void> {
   tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-test-'));
   chmodSync(tmp, 0o755); // run as root, PostgreSQL runs as another OS user and must reach its data directory
+  const certDir = path.join(tmp, 'certs');
+  const cert = makeCertificate(certDir);
   let adminUrl = process.env.TEST_DATABASE_URL;
-  if (!adminUrl) {
+  if (MODE === 'managed') {
+    managed = await startManagedCluster(PG_BIN, tmp, cert.certPem, cert.keyPem);
+    adminUrl = managed.adminUrl;
+  } else if (!adminUrl) {
     embedded = await EmbeddedPostgres.start({
       dataDir: path.join(tmp, 'data'),
       port: 0,
@@ -41,9 +59,6 @@ export async function setup(project: TestProject): Promise<void> {
     });
     adminUrl = embedded.url;
   }
-  const certDir = path.join(tmp, 'certs');
-  const cert = makeCertificate(certDir);
-
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
@@ -62,7 +77,9 @@ export async function setup(project: TestProject): Promise<void> {
     await admin.query(`ALTER SYSTEM SET ssl_key_file = 'pgdp_test_server.key'`);
     await admin.query(`ALTER SYSTEM SET ssl = on`);
 
-    // One role per authentication method, each with its own pg_hba line ahead of the existing rules.
+    // One role per authentication method, each with its own pg_hba line ahead of the existing rules
+    // (in managed mode only the SCRAM one: no other method is offered there).
+    const methods = Object.values(ROLES).filter((r) => MODE === 'embedded' || r.method === 'scram-sha-256');
     for (const r of Object.values(ROLES)) {
       await admin.query(`DROP ROLE IF EXISTS ${r.user}`);
       await admin.query(`SET password_encryption = '${r.method === 'md5' ? 'md5' : 'scram-sha-256'}'`);
@@ -75,7 +92,7 @@ export async function setup(project: TestProject): Promise<void> {
     );
     const marker = '# pg-durable-proxy tests';
     const existing = hba[0]!.text.split(marker).pop()!;
-    const rules = Object.values(ROLES)
+    const rules = methods
       .map((r) => `host all ${r.user} 127.0.0.1/32 ${r.method}\nhost all ${r.user} ::1/128 ${r.method}`)
       .join('\n');
     await writeServerFile(admin, hba[0]!.path, `${rules}\n${marker}${existing}`);
@@ -99,14 +116,48 @@ export async function setup(project: TestProject): Promise<void> {
   }
 
   const u = new URL(adminUrl);
+  const admin2 = new pg.Client({ connectionString: adminUrl });
+  await admin2.connect();
+  let serverVersion: number;
+  try {
+    serverVersion = Number((await admin2.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]!.v);
+    if (MODE === 'managed') {
+      await admin2.query(`DROP ROLE IF EXISTS ${APP.user}`);
+      await admin2.query(`CREATE ROLE ${APP.user} LOGIN PASSWORD '${APP.password}'`);
+    }
+  } finally {
+    await admin2.end();
+  }
+  if (MODE === 'managed') {
+    // The executor role exactly as the README makes it, with the script users run.
+    execFileSync(path.join(PG_BIN, 'psql'), [adminUrl, '-q', '-v', `executor=${EXECUTOR.user}`, '-v', `password=${EXECUTOR.password}`, '-f', EXECUTOR_SCRIPT], {
+      stdio: 'pipe',
+    });
+  }
+  // Every test role's password, for the executor's step logins (roles made later add theirs).
+  const passfile = path.join(tmp, 'pgpass');
+  const superuser = { user: decodeURIComponent(u.username), password: decodeURIComponent(u.password) };
+  const logins = [...Object.values(ROLES), APP, superuser];
+  writeFileSync(passfile, logins.map((r) => `${u.hostname}:${u.port || 5432}:*:${r.user}:${r.password}\n`).join(''), { mode: 0o600 });
+  const executorUrl = new URL(adminUrl);
+  if (MODE === 'managed') {
+    executorUrl.username = EXECUTOR.user;
+    executorUrl.password = EXECUTOR.password;
+  }
   const env: TestEnv = {
+    mode: MODE,
     adminUrl,
+    executorUrl: executorUrl.toString(),
+    app: MODE === 'managed' ? APP : superuser,
+    passfile,
+    serverVersion,
+    pgBin: MODE === 'managed' ? PG_BIN : undefined,
     pgHost: u.hostname,
     pgPort: Number(u.port || 5432),
     caCertPath: cert.certPath,
     certPath: cert.certPath,
     keyPath: cert.keyPath,
-    socketDir: embedded?.socketDir ?? process.env.TEST_SOCKET_DIR ?? '/var/run/postgresql',
+    socketDir: MODE === 'managed' ? undefined : (embedded?.socketDir ?? process.env.TEST_SOCKET_DIR ?? '/var/run/postgresql'),
   };
   project.provide('env', env);
   // Proxies started as commands serve only the database they front: test files
@@ -116,6 +167,7 @@ export async function setup(project: TestProject): Promise<void> {
 
 export async function teardown(): Promise<void> {
   await embedded?.stop();
+  await managed?.stop();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 }
 

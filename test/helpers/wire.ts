@@ -1,12 +1,25 @@
 // A raw protocol client for the cases real drivers cannot produce: malformed
 // messages, pipelined batches, protocol negotiation. Messages are built with
 // pg-protocol's serializer and read back with its parser.
+import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import { serialize } from 'pg-protocol';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import type { BackendMessage } from 'pg-protocol/dist/messages.js';
 
 export { serialize };
+
+/** pg's own SCRAM client (pg/lib/crypto/sasl.js). */
+interface ScramSession {
+  mechanism: string;
+  response: string;
+}
+const sasl = createRequire(import.meta.url)('pg/lib/crypto/sasl.js') as {
+  startSession(mechanisms: string[]): ScramSession;
+  continueSession(session: ScramSession, password: string, serverData: string): Promise<void>;
+  finalizeSession(session: ScramSession, serverData: string): void;
+};
 
 export class RawConnection {
   readonly messages: BackendMessage[] = [];
@@ -81,6 +94,42 @@ export class RawConnection {
     b.writeInt32BE(version, 4);
     body.copy(b, 8);
     this.write(b);
+  }
+
+  /**
+   * Startup and authentication, answering whatever the server asks (trust,
+   * cleartext, md5, SCRAM-SHA-256) with `password`; resolves at the first
+   * ReadyForQuery. The messages seen stay in `messages`.
+   */
+  async login(params: Record<string, string>, password?: string, version?: number): Promise<void> {
+    this.startup(params, version);
+    let seen = 0;
+    let scram: ScramSession | undefined;
+    for (;;) {
+      await this.until(() => this.messages.length > seen);
+      const m = this.messages[seen++] as unknown as { name: string; mechanisms?: string[]; data?: string; salt?: Buffer; message?: string };
+      if (m.name === 'readyForQuery') return;
+      // A message pg-protocol does not know (NegotiateProtocolVersion) comes as an error without a severity.
+      if (m.name === 'error' && (m as { severity?: string }).severity !== undefined) throw new Error(`login failed: ${m.message}`);
+      if (password === undefined && m.name.startsWith('authentication') && m.name !== 'authenticationOk') {
+        throw new Error(`the server asks for ${m.name} and no password was given`);
+      }
+      if (m.name === 'authenticationCleartextPassword') this.write(serialize.password(password!));
+      if (m.name === 'authenticationMD5Password') {
+        const md5 = (x: string | Buffer): string => createHash('md5').update(x).digest('hex');
+        const inner = md5(password! + params.user);
+        this.write(serialize.password('md5' + md5(Buffer.concat([Buffer.from(inner), m.salt!]))));
+      }
+      if (m.name === 'authenticationSASL') {
+        scram = sasl.startSession(m.mechanisms!);
+        this.write(serialize.sendSASLInitialResponseMessage(scram.mechanism, scram.response));
+      }
+      if (m.name === 'authenticationSASLContinue') {
+        await sasl.continueSession(scram!, password!, m.data!);
+        this.write(serialize.sendSCRAMClientFinalMessage(scram!.response));
+      }
+      if (m.name === 'authenticationSASLFinal') sasl.finalizeSession(scram!, m.data!);
+    }
   }
 
   /** Waits until `cond` holds (checked after each arrival), or throws after `ms`. */

@@ -79,8 +79,7 @@ describe('COPY through the proxy', () => {
 
   it('CopyFail aborts a COPY FROM with the client’s reason and the session goes on', async () => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     raw.write(serialize.query('CREATE TEMP TABLE t (n int)'));
     await raw.readyCount(2);
     raw.write(serialize.query('COPY t FROM STDIN'));

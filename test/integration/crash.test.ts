@@ -22,13 +22,21 @@ afterEach(async () => {
   }
 });
 
-/** A proxy command serving `database` of the server at `serverUrl` (steps log in over `socketDir`). */
-async function proxy(serverUrl: string, database: string, socketDir: string): Promise<CliProcess> {
+/**
+ * A proxy command serving `database` of the server at `serverUrl`: steps log
+ * in over `socketDir` (trust), or in managed mode as the README says, with
+ * the executor's own login and a step password file.
+ */
+async function proxy(serverUrl: string, database: string, socketDir: string | undefined): Promise<CliProcess> {
   const u = new URL(serverUrl);
-  const stepUrl = `postgres://steps@127.0.0.1:${u.port}/${database}?host=${encodeURIComponent(socketDir)}`;
+  const e = env();
+  const steps =
+    socketDir !== undefined
+      ? ['--step-url', `postgres://steps@127.0.0.1:${u.port}/${database}?host=${encodeURIComponent(socketDir)}`, '--allow-superuser-instances', 'true']
+      : ['--executor-url', dbUrl(e.executorUrl, database), '--step-passfile', e.passfile];
   const p = runCli([
     '--upstream', dbUrl(serverUrl, database), '--listen', '127.0.0.1:0', '--admin', 'off', '--log-level', 'warn',
-    '--step-url', stepUrl, '--databases', database, '--lease-timeout', '2', '--allow-superuser-instances', 'true',
+    '--databases', database, '--lease-timeout', '2', ...steps,
   ]);
   running.push(p);
   await p.ready;
@@ -57,7 +65,15 @@ async function freshlyServed(database: string): Promise<{ proxy: CliProcess; db:
   await freshDatabase(database);
   const anotherProxy = (): Promise<CliProcess> => proxy(e.adminUrl, database, e.socketDir);
   const first = await anotherProxy();
-  return { proxy: first, db: await connect(dbUrl(e.adminUrl, database)), anotherProxy };
+  // Workflows are started straight on the server (as DO blocks or other clients do), by the app role.
+  const app = new URL(dbUrl(e.adminUrl, database));
+  app.username = e.app.user;
+  app.password = e.app.password;
+  if (e.mode === 'managed') {
+    const owner = await connect(dbUrl(e.executorUrl, database));
+    await owner.query('SELECT df.grant_usage($1)', [e.app.user]);
+  }
+  return { proxy: first, db: await connect(app.toString()), anotherProxy };
 }
 
 async function untilStatus(c: pg.Client, id: string, status: string, ms = 60_000): Promise<void> {

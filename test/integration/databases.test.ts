@@ -24,19 +24,25 @@ const executorConnections = async (db: string): Promise<number> =>
     )
   ).rows[0]!.n;
 
-/** Connects through the proxy to `db` (the executor serves it before the first ReadyForQuery), then leaves. */
+/** Uses df in `db` through the proxy (the executor installs the schema and serves it first), then leaves. */
 async function visit(db: string): Promise<void> {
   const c = new pg.Client(dbUrl(proxy.adminUrl, db));
   await c.connect();
-  await c.end();
+  try {
+    await c.query('SELECT count(*) FROM df.instances');
+  } finally {
+    await c.end();
+  }
 }
 
 beforeAll(async () => {
   await loadDslParser();
   executor = new Executor({ ...executorOptions('postgres'), databases: undefined });
   proxy = await startProxy({
-    prepareDatabase: (db) => executor.prepare(db),
-    interceptor: new DslInterceptor(pino({ level: 'silent' }), { releaseDatabases: (names) => executor.release(names) }),
+    interceptor: new DslInterceptor(pino({ level: 'silent' }), {
+      releaseDatabases: (names) => executor.release(names),
+      ensureSchema: (db) => executor.ensure(db),
+    }),
   });
   admin = new pg.Client(env().adminUrl);
   await admin.connect();
@@ -79,8 +85,8 @@ it('ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE of a served datab
   }
 });
 
-it('a template database a client visits gets no df schema and no executor connection, so it can still be copied', async () => {
-  await visit('template1');
+it('a template database where a client uses df gets no df schema and no executor connection, so it can still be copied', async () => {
+  await expect(visit('template1')).rejects.toMatchObject({ code: '55000', message: expect.stringContaining('it is a template database') });
   expect(await executorConnections('template1')).toBe(0);
   const c = new pg.Client(proxy.adminUrl);
   await c.connect();

@@ -18,9 +18,9 @@ let admin: pg.Client;
 beforeAll(async () => {
   d = await startDurable(DATABASE);
   await createRoles([A, B]);
-  admin = await d.connect();
+  admin = await d.superuser(); // grants role membership, and sees every role's instances
   await admin.query(`GRANT ${B} TO ${A}`);
-  for (const r of [A, B, ROLES.trust.user]) await admin.query(`SELECT df.grant_usage('${r}')`);
+  for (const r of [A, B, ROLES.scram.user]) await admin.query(`SELECT df.grant_usage('${r}')`);
 });
 afterAll(async () => {
   await d?.close();
@@ -67,23 +67,21 @@ describe("transaction_mode => 'new' and the current role", () => {
 
   it('the question to the server is invisible to the client: exactly one row description, row, completion and ReadyForQuery', async () => {
     const raw = await RawConnection.connect(d.port);
-    raw.startup({ user: ROLES.trust.user, database: DATABASE });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: DATABASE }, ROLES.scram.password);
     const from = raw.messages.length;
     raw.write(serialize.query(START));
     await raw.readyCount(2);
     const seen = raw.messages.slice(from);
     expect(seen.map((m) => m.name)).toEqual(['rowDescription', 'dataRow', 'commandComplete', 'readyForQuery']);
     const id = (seen[1] as unknown as { fields: string[] }).fields[0]!;
-    expect(await outcome(id)).toEqual({ submittedBy: ROLES.trust.user, ranAs: ROLES.trust.user });
+    expect(await outcome(id)).toEqual({ submittedBy: ROLES.scram.user, ranAs: ROLES.scram.user });
     raw.close();
   });
 
   it('pipelined behind another statement it is refused with 0A000 and a hint; nothing starts; the session goes on', async () => {
     const before = (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM df.instances')).rows[0]!.n;
     const raw = await RawConnection.connect(d.port);
-    raw.startup({ user: ROLES.trust.user, database: DATABASE });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: DATABASE }, ROLES.scram.password);
     raw.write(Buffer.concat([serialize.query('SELECT pg_sleep(0.1)'), serialize.query(START)]));
     await raw.readyCount(3);
     const err = raw.messages.find((m) => m.name === 'error') as unknown as { code: string; severity: string; message: string; hint: string };
@@ -95,7 +93,7 @@ describe("transaction_mode => 'new' and the current role", () => {
     raw.write(serialize.query(START));
     await raw.readyCount(4);
     const row = raw.messages.filter((m) => m.name === 'dataRow').pop() as unknown as { fields: string[] };
-    expect(await outcome(row.fields[0]!)).toEqual({ submittedBy: ROLES.trust.user, ranAs: ROLES.trust.user });
+    expect(await outcome(row.fields[0]!)).toEqual({ submittedBy: ROLES.scram.user, ranAs: ROLES.scram.user });
     raw.close();
   });
 });

@@ -21,8 +21,7 @@ describe('query protocols through the proxy', () => {
 
   const rawSession = async (): Promise<RawConnection> => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     return raw;
   };
 
@@ -199,8 +198,7 @@ describe('protocol version negotiation', () => {
 
   it('answers 3.2 with _pq_ options by NegotiateProtocolVersion (3.0, options named), then serves the session', async () => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres', '_pq_.test_option': 'on' }, (3 << 16) | 2);
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres', '_pq_.test_option': 'on' }, ROLES.scram.password, (3 << 16) | 2);
     const bytes = raw.bytes();
     expect(String.fromCharCode(bytes[0]!)).toBe('v');
     const len = bytes.readInt32BE(1);

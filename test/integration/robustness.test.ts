@@ -61,8 +61,7 @@ describe('bad input from clients', () => {
     const admin = new pg.Client({ connectionString: env().adminUrl });
     await admin.connect();
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     raw.write(serialize.query('BEGIN; CREATE TABLE pgdp_never_committed (n int); SELECT pg_backend_pid()'));
     await raw.readyCount(2);
     const pid = Number((raw.messages.find((m) => m.name === 'dataRow') as unknown as { fields: string[] }).fields[0]);
@@ -78,8 +77,7 @@ describe('bad input from clients', () => {
 
   it('a message longer than --max-message-size gets FATAL 08P01 before its body is read', async () => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     const header = Buffer.from([0x51, 0, 0, 0, 0]);
     header.writeInt32BE(2 * 1024 * 1024, 1);
     raw.write(header);
@@ -91,8 +89,7 @@ describe('bad input from clients', () => {
 
   it('a message length below 4 gets FATAL 08P01', async () => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     raw.write(Buffer.from([0x51, 0, 0, 0, 2]));
     await raw.waitClosed();
     expect(raw.messages.find((m) => m.name === 'error')).toMatchObject({ code: '08P01', severity: 'FATAL' });
@@ -157,8 +154,7 @@ describe('vanishing clients and dying backends', () => {
 
   it('a client killed during an Execute sent with Flush and no Sync has its statement cancelled', async () => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres', application_name: 'pgdp-flush-only' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres', application_name: 'pgdp-flush-only' }, ROLES.scram.password);
     raw.write(
       Buffer.concat([
         serialize.parse({ text: 'SELECT pg_sleep(30)', types: [] }),
@@ -174,8 +170,7 @@ describe('vanishing clients and dying backends', () => {
 
   it('a client killed in the middle of a message closes its backend too', async () => {
     const raw = await RawConnection.connect(p.port);
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     raw.write(serialize.query('SELECT pg_backend_pid()'));
     await raw.readyCount(2);
     const pid = Number((raw.messages.find((m) => m.name === 'dataRow') as unknown as { fields: string[] }).fields[0]);
@@ -205,7 +200,7 @@ describe('broken upstream', () => {
   it('an unreachable upstream gives the client FATAL 08006 naming the problem', async () => {
     const port = await freePort();
     const p = await startProxy({ upstreamUrl: `postgres://x@127.0.0.1:${port}/postgres?sslmode=disable`, connectTimeoutMs: 2000 });
-    const c = new pg.Client({ connectionString: p.url(ROLES.trust.user) });
+    const c = new pg.Client({ connectionString: p.url(ROLES.scram.user, ROLES.scram.password) });
     await expect(c.connect()).rejects.toMatchObject({
       code: '08006',
       severity: 'FATAL',

@@ -16,7 +16,7 @@ const DB = 'pgdp_schema_snapshot';
 const SNAPSHOT = path.join(SQL_DIR, 'schema.snapshot');
 
 const DESCRIBE = `
-WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = 'df'),
+WITH ns AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = 'df'),
 rel AS (SELECT c.* FROM pg_class c, ns WHERE c.relnamespace = ns.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S')),
 lines AS (
   SELECT 'schema df acl=' || coalesce(n.nspacl::text, '') AS l FROM pg_namespace n WHERE n.nspname = 'df'
@@ -38,7 +38,9 @@ lines AS (
   UNION ALL SELECT format('operator %s runs %s', o.oid::regoperator, o.oprcode::regprocedure)
     FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode, ns WHERE p.pronamespace = ns.oid
 )
-SELECT replace(l, current_user, '<owner>') AS l FROM lines ORDER BY 1`;
+-- The owner's name varies (a superuser, a managed mode's executor); PostgreSQL 17 added MAINTAIN (m) to a table owner's privileges.
+SELECT regexp_replace(replace(l, (SELECT nspowner::regrole::text FROM ns), '<owner>'), '=arwdDxtm?/', '=arwdDxt(m)/', 'g') AS l
+  FROM lines ORDER BY 1`;
 
 let admin: pg.Client;
 let executor: Executor;

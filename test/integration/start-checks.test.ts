@@ -12,7 +12,7 @@ let alice: pg.Client;
 
 beforeAll(async () => {
   d = await startDurable('pgdp_start_checks', { allowSuperuserInstances: false });
-  admin = await d.connect();
+  admin = await d.superuser();
   await createRoles(['pgdp_sc_alice']);
   await admin.query(`SELECT df.grant_usage('pgdp_sc_alice')`);
   await admin.query(`DO $$ BEGIN CREATE ROLE pgdp_sc_nologin NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$`);

@@ -96,8 +96,7 @@ describe('proxy without a certificate', () => {
   it('answers SSLRequest with N; a client requiring TLS is told so, one preferring it goes on in the clear', async () => {
     const raw = await RawConnection.connect(p.port);
     expect(String.fromCharCode(await raw.request(SSL_REQUEST))).toBe('N');
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     raw.close();
 
     const strict = new pg.Client({ connectionString: p.url(scram.user, scram.password), ssl: { rejectUnauthorized: false } });
@@ -112,8 +111,7 @@ describe('proxy without a certificate', () => {
     const raw = await RawConnection.connect(p.port);
     expect(String.fromCharCode(await raw.request(GSSENC_REQUEST))).toBe('N');
     expect(String.fromCharCode(await raw.request(SSL_REQUEST))).toBe('N');
-    raw.startup({ user: ROLES.trust.user, database: 'postgres' });
-    await raw.readyCount(1);
+    await raw.login({ user: ROLES.scram.user, database: 'postgres' }, ROLES.scram.password);
     expect(raw.messages.some((m) => m.name === 'authenticationOk')).toBe(true);
     raw.close();
   });
