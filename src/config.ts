@@ -66,7 +66,7 @@ const settings = {
     .string()
     .regex(/^[^,]+(,[^,]+)*$/, 'expected database names separated by commas')
     .optional()
-    .describe('databases the executor serves, comma-separated (default: every database with a df schema, and each one a client connects to)'),
+    .describe('databases the executor serves, comma-separated; it installs df there at start (default: every database with a df schema, and each where a statement first uses df)'),
   maxNewTransactionStarts: z.coerce
     .number()
     .int()
