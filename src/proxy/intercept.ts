@@ -24,7 +24,7 @@ export interface Interception {
   /** The message to send in place of the client's. */
   message: Buffer;
   /**
-   * The replacement makes the server fail with `marker` as its message: the
+   * The replacement makes the server fail with an error whose message contains `marker`: the
    * session hands the client `fields` instead (the server keeps the
    * transaction state right, the proxy supplies the error and its position).
    */

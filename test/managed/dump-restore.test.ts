@@ -74,6 +74,9 @@ beforeAll(async () => {
   const a = admin();
   const dump = await tool('pg_dump', ['-h', a.host, '-p', a.port, '-U', a.user, '-Fc', '-f', archive, SOURCE], a.password);
   expect(dump).toEqual({ code: 0, stderr: '' });
+  // Through the proxy too (its statements about df are no workflow statements).
+  const proxied = await tool('pg_dump', ['-h', src.host, '-p', String(src.port), '-U', a.user, '-Fc', '-f', path.join(tmp, 'proxied.dump'), SOURCE], a.password);
+  expect(proxied).toEqual({ code: 0, stderr: '' });
 });
 afterAll(async () => {
   await src?.close();
