@@ -69,11 +69,12 @@ export interface CliProcess {
   ready: Promise<void>;
 }
 
-/** Runs the built command (`npm test` builds first). */
-export function runCli(args: string[], extraEnv: Record<string, string> = {}): CliProcess {
+/** Runs the built command (`npm test` builds first); `ownProcessGroup`: as a terminal runs it, in a process group of its own. */
+export function runCli(args: string[], extraEnv: Record<string, string> = {}, { ownProcessGroup = false } = {}): CliProcess {
   const child = spawn(process.execPath, [CLI, ...args], {
     env: { ...process.env, ...extraEnv },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: ownProcessGroup,
   });
   let out = '';
   let err = '';

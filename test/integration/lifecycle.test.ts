@@ -1,14 +1,13 @@
 // The command as users run it: configuration errors, --version, graceful
 // shutdown (also by a terminal's Ctrl-C), the embedded PostgreSQL across
 // restarts and after a crash, one proxy per data directory, and its logs.
-import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CREDENTIALS_FILE, LOCK_FILE } from '../../src/embedded.js';
-import { CLI, env, runCli, type CliProcess } from '../helpers/proxy.js';
+import { env, runCli, type CliProcess } from '../helpers/proxy.js';
 import { ROLES } from '../helpers/roles.js';
 import { eventually, untilActivity } from '../helpers/wait.js';
 
@@ -76,29 +75,7 @@ const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\
  * The command as a terminal runs it: in a process group of its own (the
  * foreground group), so that `process.kill(-pid, sig)` is what Ctrl-C does.
  */
-function runCliInOwnGroup(args: string[]): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  let onReady: () => void = () => undefined;
-  let onNotReady: (e: Error) => void = () => undefined;
-  const ready = new Promise<void>((res, rej) => {
-    onReady = res;
-    onNotReady = rej;
-  });
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => {
-    err += d.toString();
-    if (err.includes('pg-durable-proxy ready:')) onReady();
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => {
-      onNotReady(new Error(`proxy exited (${code ?? signal}) before it was ready:\n${err}\n${out}`));
-      resolve({ code, signal });
-    }),
-  );
-  return { child, stdout: () => out, stderr: () => err, exited, ready };
-}
+const runCliInOwnGroup = (args: string[]): CliProcess => runCli(args, {}, { ownProcessGroup: true });
 
 describe('configuration errors', () => {
   const cases: [string, string[], Record<string, string>, RegExp][] = [
