@@ -323,6 +323,24 @@ CREATE OR REPLACE TRIGGER instance_ended AFTER UPDATE OF status ON df.instances
   EXECUTE FUNCTION df._instance_ended();
 REVOKE EXECUTE ON FUNCTION df._instance_inserted(), df._instance_ended() FROM PUBLIC;
 
+-- An instance's identity is fixed at start: no role that may update the rows
+-- (BYPASSRLS with an UPDATE grant, a careless owner) can make its later steps
+-- or loop iterations run as someone else.
+CREATE OR REPLACE FUNCTION df._submitter_fixed() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RAISE EXCEPTION 'df.%.submitted_by cannot change: a workflow runs as the role that started it', TG_TABLE_NAME
+    USING ERRCODE = '42501';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._submitter_fixed() FROM PUBLIC;
+CREATE OR REPLACE TRIGGER submitted_by_fixed BEFORE UPDATE OF submitted_by ON df.instances
+  FOR EACH ROW WHEN (NEW.submitted_by IS DISTINCT FROM OLD.submitted_by) EXECUTE FUNCTION df._submitter_fixed();
+CREATE OR REPLACE TRIGGER submitted_by_fixed BEFORE UPDATE OF submitted_by ON df.nodes
+  FOR EACH ROW WHEN (NEW.submitted_by IS DISTINCT FROM OLD.submitted_by) EXECUTE FUNCTION df._submitter_fixed();
+CREATE OR REPLACE TRIGGER submitted_by_fixed BEFORE UPDATE OF submitted_by ON df.runs
+  FOR EACH ROW WHEN (NEW.submitted_by IS DISTINCT FROM OLD.submitted_by) EXECUTE FUNCTION df._submitter_fixed();
+
 -- A SQL step's checkpoint, called in the step's own transaction on a
 -- connection logged in as the submitter (or by the executor itself). It holds
 -- the run row (so no other executor can take the instance over until this

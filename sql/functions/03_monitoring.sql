@@ -175,7 +175,7 @@ BEGIN
   IF with_grant THEN
     EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text), df.metrics() TO %s%s', r, g);
   END IF;
-  RAISE NOTICE 'granted df usage to %', p_role;
+  RAISE NOTICE 'pg_durable: granted df usage privileges to "%"', p_role;
 END
 $$;
 
@@ -192,7 +192,7 @@ BEGIN
     NULL;
   END;
   EXECUTE format('REVOKE USAGE ON SCHEMA df FROM %s CASCADE', r);
-  RAISE NOTICE 'revoked df usage from %', p_role;
+  RAISE NOTICE 'pg_durable: revoked df usage privileges from "%"', p_role;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text) FROM PUBLIC;

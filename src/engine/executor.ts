@@ -73,6 +73,9 @@ const LOGIN_RETRY_MS = 1000;
 
 /** How long a refused database stays refused before a statement's use checks it again (discovery rechecks every minute too). */
 const REFUSED_RECHECK_MS = 60_000;
+/** How long a step connection stays open once idle. */
+const STEP_IDLE_MS = 1000;
+
 /** How long an install that failed, or a df schema a restore is still writing, is left alone before a statement's use tries again. */
 const RETRY_MS = 5000;
 
@@ -671,7 +674,8 @@ class DatabaseWorker {
     const key = `${database}\0${role}`;
     let p = this.stepPools.get(key);
     if (!p) {
-      p = new pg.Pool({ ...this.opts.step(database, role), Client: StepClient, max: this.opts.stepPoolSize, idleTimeoutMillis: 10_000 });
+      // Idle step connections go after a second: a database a workflow stepped into can be dropped right after.
+      p = new pg.Pool({ ...this.opts.step(database, role), Client: StepClient, max: this.opts.stepPoolSize, idleTimeoutMillis: STEP_IDLE_MS });
       p.on('error', (err) => this.log.warn({ role, err: err.message }, 'step connection lost'));
       p.on('connect', (client) => {
         client.on('error', () => {});

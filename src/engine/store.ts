@@ -222,11 +222,13 @@ export class Store {
   }
 
   private async writeNodes(batch: NodeWrite[]): Promise<void> {
-    // A late 'running' never overwrites the finished status of the same iteration.
+    // A late 'running' never overwrites the finished status of the same iteration. A new
+    // iteration (stamp) forgets the last one's sleep deadline: each iteration sleeps anew.
     await this.pool.query({
       name: 'pgdp_write_nodes',
       text: `UPDATE df.nodes n
-          SET status = v.status, result = v.raw::jsonb, raw_result = v.raw, stamp = v.stamp, updated_at = now()
+          SET status = v.status, result = v.raw::jsonb, raw_result = v.raw, stamp = v.stamp, updated_at = now(),
+              wake_at = CASE WHEN n.stamp IS NOT DISTINCT FROM v.stamp THEN n.wake_at END
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(inst, id, status, stamp, raw)
         WHERE n.instance_id = v.inst AND n.id = v.id
           AND EXISTS (SELECT FROM df.runs r WHERE r.instance_id = v.inst AND r.owner = $6)
@@ -245,7 +247,8 @@ export class Store {
   /** A LOOP's iteration, durably, before the iteration runs. */
   async setIteration(instanceId: string, nodeId: string, stamp: string, iteration: number): Promise<void> {
     await this.fenced(
-      `UPDATE df.nodes SET status = 'running', stamp = $4, iteration = $5, result = NULL, raw_result = NULL, updated_at = now()
+      `UPDATE df.nodes SET status = 'running', stamp = $4, iteration = $5, result = NULL, raw_result = NULL, updated_at = now(),
+              wake_at = CASE WHEN stamp IS NOT DISTINCT FROM $4 THEN wake_at END
         WHERE instance_id = $1 AND id = $3 AND ${HELD}`,
       [instanceId, this.owner, nodeId, stamp, iteration],
     );
@@ -283,7 +286,11 @@ export class Store {
        WITH ended AS (DELETE FROM df.runs WHERE instance_id = ${lit(id)} AND owner = ${lit(this.owner)} RETURNING instance_id),
             root AS (UPDATE df.nodes SET status = ${lit(outcome.status)}, result = ${lit(outcome.raw)}::jsonb, raw_result = ${lit(outcome.raw)}, updated_at = now()
                       WHERE instance_id = ${lit(id)} AND id = ${lit(rootId)} AND EXISTS (SELECT FROM ended)),
-            inst AS (UPDATE df.instances SET status = ${lit(outcome.status)}, output = ${lit(outcome.output)}, updated_at = now(), completed_at = now()
+            -- What was still running when the instance ended (a race's loser, a step whose role was dropped) ended with it.
+            stale AS (UPDATE df.nodes SET status = 'failed', updated_at = now()
+                       WHERE instance_id = ${lit(id)} AND id <> ${lit(rootId)} AND status = 'running' AND EXISTS (SELECT FROM ended)),
+            inst AS (UPDATE df.instances SET status = ${lit(outcome.status)}, output = ${lit(outcome.output)}, updated_at = now(),
+                                            completed_at = ${outcome.status === 'completed' ? 'now()' : 'NULL'}
                       WHERE id = ${lit(id)} AND status NOT IN ('completed', 'failed', 'cancelled') AND EXISTS (SELECT FROM ended))
        SELECT count(*)::int AS held FROM ended`,
     )) as unknown as pg.QueryResult<{ held: number }>[];

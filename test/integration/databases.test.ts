@@ -104,3 +104,27 @@ it('a template database where a client uses df gets no df schema and no executor
     await admin.query('DROP DATABASE pgdp_db_copy');
   }
 });
+
+it('a database a workflow stepped into (database => ...) can be dropped straight away: idle step connections go within a second', async () => {
+  for (const db of ['pgdp_db_home', 'pgdp_db_steps']) {
+    await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+    await admin.query(`CREATE DATABASE ${db}`);
+  }
+  const c = new pg.Client(dbUrl(proxy.adminUrl, 'pgdp_db_home'));
+  await c.connect();
+  try {
+    const { rows } = await c.query<{ id: string }>(`SELECT df.start('SELECT current_database() AS db', database => 'pgdp_db_steps') AS id`);
+    expect((await c.query('SELECT df.await_instance($1, 30) AS s', [rows[0]!.id])).rows[0].s).toBe('completed');
+    expect(JSON.parse((await c.query('SELECT df.result($1) AS r', [rows[0]!.id])).rows[0].r)).toEqual({ rows: [{ db: 'pgdp_db_steps' }], row_count: 1 });
+  } finally {
+    await c.end();
+  }
+  // Straight to the server, as a test suite's teardown does (no proxy to let go first).
+  const steps = async (): Promise<number> =>
+    (await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'pgdp_db_steps'`)).rows[0]!.n;
+  const deadline = Date.now() + 3000;
+  while ((await steps()) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  expect(await steps()).toBe(0);
+  await admin.query('DROP DATABASE pgdp_db_steps');
+  await admin.query('DROP DATABASE pgdp_db_home WITH (FORCE)');
+});

@@ -206,8 +206,24 @@ describe('branches', () => {
       async () => (await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'`)).rows[0].n === 0,
       'the losing statement to be cancelled',
     );
-    await new Promise((res) => setTimeout(res, 300));
+    // The instance ended with the loser: no node of it is left running, the loser's next step never started
+    // (and could not commit now: its checkpoint is fenced by the run row, gone with the instance's end).
+    const nodes = await admin.query<{ query: string | null; node_type: string; status: string }>(
+      `SELECT query, node_type, status FROM df.nodes WHERE instance_id = $1 ORDER BY id`, [r.id],
+    );
+    expect(nodes.rows.filter((n) => n.status === 'running')).toEqual([]);
+    expect(nodes.rows.find((n) => n.query === 'SELECT pg_sleep(30)')!.status).toBe('failed');
+    expect(nodes.rows.find((n) => n.query?.startsWith('INSERT INTO log'))!.status).toBe('pending');
     expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'loser'`)).rows[0].n).toBe(0);
+  });
+
+  it('completed_at is set only when an instance completed (pg_durable leaves it NULL on failed ones)', async () => {
+    const ok = await runWorkflow(admin, `df.start('SELECT 1')`);
+    const failed = await runWorkflow(admin, `df.start('SELECT 1/0')`);
+    const rows = await admin.query<{ id: string; completed: boolean }>(
+      `SELECT id, completed_at IS NOT NULL AS completed FROM df.instances WHERE id = ANY ($1)`, [[ok.id, failed.id]],
+    );
+    expect(Object.fromEntries(rows.rows.map((x) => [x.id, x.completed]))).toEqual({ [ok.id]: true, [failed.id]: false });
   });
 
   it('a fast failure wins a RACE', async () => {
@@ -262,6 +278,24 @@ describe('loops and timers', () => {
       [r.id],
     );
     expect(s.rows[0]).toEqual({ result: { slept: true, seconds: 1 }, deadline_set: true });
+  });
+
+  it('a sleep in a loop sleeps in every iteration (each gets a deadline of its own), in a root loop and a nested one', async () => {
+    await admin.query('CREATE TABLE naps (at timestamptz DEFAULT clock_timestamp())');
+    for (const [what, wrap] of [['root', (b: string) => b], ['nested', (b: string) => `'SELECT 1' ~> ${b}`]] as const) {
+      await admin.query('TRUNCATE naps');
+      const r = await runWorkflow(
+        admin,
+        `df.start(${wrap(`df.loop(df.sleep(1) ~> 'INSERT INTO naps DEFAULT VALUES RETURNING 1', 'SELECT count(*) < 3 FROM naps')`)})`,
+      );
+      expect(r.status, what).toBe('completed');
+      const gaps = await admin.query<{ gap: number }>(
+        `SELECT extract(epoch FROM at - lag(at) OVER (ORDER BY at))::float8 AS gap FROM naps ORDER BY at`,
+      );
+      // Three naps; the second and third each came at least a second after the one before.
+      expect(gaps.rows.length, what).toBe(3);
+      for (const g of gaps.rows.slice(1)) expect(g.gap, what).toBeGreaterThanOrEqual(0.95);
+    }
   });
 });
 
@@ -330,6 +364,21 @@ describe('identity and isolation', () => {
     expect((await bob.query(`SELECT df.getvar('secret') AS v`)).rows[0].v).toBeNull();
     await expect(bob.query('SELECT df.cancel($1)', [rows[0]!.id])).rejects.toThrow(`Instance not found or access denied: ${rows[0]!.id}`);
     expect((await alice.query('SELECT df.await_instance($1)', [rows[0]!.id])).rows[0].await_instance).toBe('completed');
+  });
+
+  it("an instance's submitter is fixed once written, even for a role that bypasses row-level security", async () => {
+    const alice = await d.connect('pgdp_alice', 'pgdp_alice-pw');
+    // A sleep keeps the run row (and the nodes) there while the submitter is tampered with.
+    const { rows } = await alice.query<{ id: string }>(`SELECT df.start(df.sleep(2) ~> 'SELECT current_user AS u') AS id`);
+    const su = await d.direct();
+    for (const [table, key] of [['instances', 'id'], ['nodes', 'instance_id'], ['runs', 'instance_id']] as const) {
+      await su.query('BEGIN');
+      const err = await su.query(`UPDATE df.${table} SET submitted_by = 'pgdp_bob' WHERE ${key} = $1`, [rows[0]!.id]).catch((e: unknown) => e);
+      await su.query('ROLLBACK');
+      expect(err, table).toMatchObject({ code: '42501', message: `df.${table}.submitted_by cannot change: a workflow runs as the role that started it` });
+    }
+    expect((await alice.query('SELECT df.await_instance($1) AS s', [rows[0]!.id])).rows[0].s).toBe('completed');
+    expect(JSON.parse((await alice.query('SELECT df.result($1) AS r', [rows[0]!.id])).rows[0].r)).toEqual({ rows: [{ u: 'pgdp_alice' }], row_count: 1 });
   });
 
   it('a role without df usage cannot start workflows', async () => {

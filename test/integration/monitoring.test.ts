@@ -222,12 +222,17 @@ describe('variables and grants', () => {
     expect((await alice.query(`SELECT df.getvar('kept') AS k`)).rows[0].k).toBeNull();
   });
 
-  it('df.revoke_usage takes df away again', async () => {
+  it('df.revoke_usage takes df away again; both say so as pg_durable does', async () => {
     await createRoles(['pgdp_mon_carol']);
+    const notices: string[] = [];
+    const onNotice = (n: { message?: string }): void => void notices.push(n.message ?? '');
+    admin.on('notice', onNotice);
     await admin.query(`SELECT df.grant_usage('pgdp_mon_carol')`);
     const carol = await d.connect('pgdp_mon_carol', 'pgdp_mon_carol-pw');
     expect((await runWorkflow(carol, `df.start('SELECT current_user AS u')`)).result).toEqual({ rows: [{ u: 'pgdp_mon_carol' }], row_count: 1 });
     await admin.query(`SELECT df.revoke_usage('pgdp_mon_carol')`);
+    admin.off('notice', onNotice);
+    expect(notices).toEqual(['pg_durable: granted df usage privileges to "pgdp_mon_carol"', 'pg_durable: revoked df usage privileges from "pgdp_mon_carol"']);
     await expect(carol.query(`SELECT df.start('SELECT 1')`)).rejects.toThrow(/permission denied for schema df/);
   });
 });
