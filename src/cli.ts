@@ -113,6 +113,8 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     maxStepResult: cfg.maxStepResult,
     maxInstances: cfg.maxInstances,
     maxInstancesPerRole: cfg.maxInstancesPerRole,
+    retentionDays: cfg.retentionDays,
+    retentionMaxInstances: cfg.retentionMaxInstances,
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
     ...(cfg.dfOwner ? { dfOwner: cfg.dfOwner } : {}),
     allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,

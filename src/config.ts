@@ -96,6 +96,19 @@ const settings = {
     .default(64 * 1024 * 1024)
     .describe("largest result a workflow step may return, in bytes (64 MiB); a step past it fails, its transaction rolled back"),
   maxInstances: z.coerce.number().int().min(1).max(100_000).default(1000).describe('workflow instances the executor runs at once, per database'),
+  retentionDays: z.coerce
+    .number()
+    .min(0)
+    .max(36500)
+    .default(30)
+    .describe("days finished instances (completed, failed, cancelled) are kept before they are pruned, with their nodes (pg_durable's retention_days); 0 keeps them forever"),
+  retentionMaxInstances: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(1_000_000_000)
+    .default(0)
+    .describe('most finished instances kept per database, the newest; older ones are pruned (pg_durable keeps 10000); 0: no cap'),
   maxInstancesPerRole: z.coerce
     .number()
     .int()

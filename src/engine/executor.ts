@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { buildGraph, GraphError, type Node } from './graph.js';
-import { Aborted, delay, runInstance, type Effects } from './interpreter.js';
+import { Aborted, delay, Parking, runInstance, Suspended, type Effects } from './interpreter.js';
 import { install } from '../schema/install.js';
 import { SchemaIncomplete, SchemaRefused } from '../schema/verify.js';
 import { loadParser } from './statement-kind.js';
@@ -32,6 +32,12 @@ export interface ExecutorOptions {
   maxInstances: number;
   /** Instances of one submitting role one database's worker holds at once; 0: no cap beyond maxInstances. */
   maxInstancesPerRole: number;
+  /** Days finished instances are kept (0: forever). */
+  retentionDays: number;
+  /** Most finished instances kept, the newest (0: no cap). */
+  retentionMaxInstances: number;
+  /** How often retention runs (default a minute). */
+  pruneIntervalMs?: number;
   /** Largest result a step may return, in bytes (rows as they arrive, and the JSON stored). */
   maxStepResult: number;
   /** Connections per (database, role) for steps. */
@@ -47,6 +53,8 @@ export const EXECUTOR_DEFAULTS = {
   pollMs: 2000,
   maxInstances: 1000,
   maxInstancesPerRole: 0,
+  retentionDays: 30,
+  retentionMaxInstances: 0,
   maxStepResult: 64 * 1024 * 1024,
   stepPoolSize: 10,
 } as const;
@@ -73,6 +81,16 @@ const LOGIN_RETRY_MS = 1000;
 
 /** How long a refused database stays refused before a statement's use checks it again (discovery rechecks every minute too). */
 const REFUSED_RECHECK_MS = 60_000;
+/** A wait at least this long parks its instance (shorter ones stay in memory: no round trips for them). */
+const PARK_MIN_MS = 2000;
+/** A parked run is claimed this long after it is due (clocks of the proxy and PostgreSQL tick apart). */
+const WAKE_MARGIN_MS = 5;
+
+/** Retention passes: how often, and how much each deletes at most (batches of PRUNE_BATCH instances). */
+const PRUNE_EVERY_MS = 60_000;
+const PRUNE_BATCH = 500;
+const PRUNE_BATCHES = 200;
+
 /** How long a step connection stays open once idle. */
 const STEP_IDLE_MS = 1000;
 
@@ -303,6 +321,10 @@ class DatabaseWorker {
   private listener: pg.Client | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
+  private pruneTimer: NodeJS.Timeout | undefined;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private wakeAtMs = Infinity;
+  private pruning = false;
   private claiming = false;
   private claimAgain = false;
   /** Held instances named by df_cancel notifications, to be looked up before anything is stopped. */
@@ -377,8 +399,14 @@ class DatabaseWorker {
     }
     const w = new DatabaseWorker(database, pool, new Store(pool, owner, opts.leaseSeconds), opts);
     await w.listen();
-    w.pollTimer = setInterval(() => w.wake(), opts.pollMs);
+    w.pollTimer = setInterval(() => {
+      w.wake();
+      void w.scheduleNextDue();
+    }, opts.pollMs);
+    void w.scheduleNextDue();
     w.renewTimer = setInterval(() => void w.renew(), (opts.leaseSeconds * 1000) / 3);
+    w.pruneTimer = setInterval(() => void w.prune(), opts.pruneIntervalMs ?? PRUNE_EVERY_MS);
+    void w.prune();
     w.wake();
     opts.log.info({ database }, 'executor serving database');
     return w;
@@ -483,6 +511,30 @@ class DatabaseWorker {
     }
   }
 
+  /**
+   * Retention: finished instances past --retention-days, or beyond the newest
+   * --retention-max-instances, are deleted with their nodes, a small batch per
+   * transaction (short locks, rows others hold skipped), a bounded number of
+   * batches per pass, so a long backlog drains over a few passes.
+   */
+  private async prune(): Promise<void> {
+    if (this.pruning || this.closing || (this.opts.retentionDays <= 0 && this.opts.retentionMaxInstances <= 0)) return;
+    this.pruning = true;
+    try {
+      let total = 0;
+      for (let batch = 0; batch < PRUNE_BATCHES && !this.closing; batch++) {
+        const n = await this.store.prune(this.opts.retentionDays, this.opts.retentionMaxInstances, PRUNE_BATCH);
+        total += n;
+        if (n < PRUNE_BATCH) break;
+      }
+      if (total > 0) this.log.info({ pruned: total }, 'pruned finished instances past retention');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'pruning finished instances failed; trying again later');
+    } finally {
+      this.pruning = false;
+    }
+  }
+
   /** Runs an instance; after an infrastructure failure (database restarting, connection lost) it resumes from the checkpoints. */
   private start(id: string, claimed: Loaded): void {
     const h: Held = { abort: new AbortController(), submitter: claimed.instance.submitter };
@@ -494,6 +546,10 @@ class DatabaseWorker {
           await this.run(id, signal, attempt === 0 ? claimed : await this.store.load(id));
           return;
         } catch (err) {
+          if (signal.reason instanceof Suspended) {
+            await this.park(id, signal.reason.wakeAt);
+            return;
+          }
           if (err instanceof Aborted || err instanceof LostRun || signal.aborted) return;
           const waitMs = Math.min(30_000, 250 * 2 ** attempt);
           this.log.warn({ instance: id, err: (err as Error).message, retryInMs: waitMs }, 'instance interrupted; resuming from its checkpoints');
@@ -507,6 +563,46 @@ class DatabaseWorker {
         this.wake();
       })
       .catch(() => {});
+  }
+
+  /**
+   * Every branch of the instance waits: its queued writes go out, its run row
+   * is handed back, not claimable before `wakeAt`, and nothing of it stays
+   * here (no memory, no slot). The claim when it is due replays it from its
+   * checkpoints; its sleeps' deadlines are durable.
+   */
+  private async park(id: string, wakeAt: Date): Promise<void> {
+    try {
+      await this.store.flush();
+      await this.store.park(id, wakeAt);
+      this.scheduleWake(wakeAt);
+    } catch (err) {
+      // The lease runs out instead, and a claim resumes it then.
+      this.log.warn({ instance: id, err: (err as Error).message }, 'cannot park the instance; it resumes when its lease expires');
+    }
+  }
+
+  /** Claims again at `at` (the earliest parked run this worker knows of). */
+  private scheduleWake(at: Date): void {
+    const t = at.getTime();
+    if (t >= this.wakeAtMs || this.closing) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeAtMs = t;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeAtMs = Infinity;
+      this.wake();
+      void this.scheduleNextDue();
+    }, Math.max(0, t - Date.now()) + WAKE_MARGIN_MS);
+  }
+
+  /** Runs parked by anyone (another proxy, an earlier run of this one) are due at some point: be there. */
+  private async scheduleNextDue(): Promise<void> {
+    try {
+      const at = await this.store.nextDue();
+      if (at) this.scheduleWake(at);
+    } catch {
+      // The poll looks again.
+    }
   }
 
   private async run(id: string, signal: AbortSignal, loaded: Loaded | undefined): Promise<void> {
@@ -549,7 +645,9 @@ class DatabaseWorker {
     }
     const vars: Record<string, string> = {};
     for (const [k, v] of Object.entries(instance.vars)) vars[k] = v ?? '';
-    const outcome = await runInstance(root, { instanceId: id, label: instance.label ?? '', vars, effects: this.effects(instance, signal) }, signal);
+    const held = this.held.get(id);
+    const parking = held ? new Parking(PARK_MIN_MS, (wakeAt) => held.abort.abort(new Suspended(wakeAt))) : undefined;
+    const outcome = await runInstance(root, { instanceId: id, label: instance.label ?? '', vars, effects: this.effects(instance, signal), parking }, signal);
     if (signal.aborted) throw new Aborted();
     const ended =
       outcome.kind === 'ok'
@@ -690,6 +788,8 @@ class DatabaseWorker {
     this.closing = true;
     clearInterval(this.pollTimer);
     clearInterval(this.renewTimer);
+    clearInterval(this.pruneTimer);
+    clearTimeout(this.wakeTimer);
     const ids = [...this.held.keys()];
     for (const h of this.held.values()) h.abort.abort(new Aborted('executor stopping'));
     // Give the aborted runs a moment to roll back, then hand them to whoever runs next.

@@ -13,6 +13,71 @@ export type Outcome =
 /** Stops a branch (RACE loser, cancelled instance, lost lease). */
 export class Aborted extends Error {}
 
+/** The instance parks until `wakeAt`: every branch of it waits, nothing of it needs to stay in memory. */
+export class Suspended extends Error {
+  constructor(readonly wakeAt: Date) {
+    super(`instance parked until ${wakeAt.toISOString()}`);
+  }
+}
+
+/**
+ * Decides when a waiting instance may leave memory: when every branch of it
+ * waits (no step, no write in flight) and the earliest wait ends at least
+ * `minMs` from now, `suspend` is called with that time; the caller aborts
+ * the run and re-claims the instance when it is due (its sleeps' deadlines
+ * are durable, so the replay picks up where it was). Checked on a later
+ * macrotask: a branch that has just finished one step starts its next one
+ * within the same turn, and must not be parked in between.
+ */
+export class Parking {
+  private busy = 0;
+  private readonly waits = new Set<{ until: number }>();
+  private checking = false;
+  private parked = false;
+
+  constructor(
+    private readonly minMs: number,
+    private readonly suspend: (wakeAt: Date) => void,
+  ) {}
+
+  /** Work in flight (a step, a durable write): the instance is not idle meanwhile. */
+  async working<T>(work: () => Promise<T>): Promise<T> {
+    this.busy++;
+    try {
+      return await work();
+    } finally {
+      this.busy--;
+      this.check();
+    }
+  }
+
+  /** Waits until `until` (ms since the epoch); the instance may park meanwhile. */
+  async wait(until: number, signal: AbortSignal): Promise<void> {
+    const w = { until };
+    this.waits.add(w);
+    this.check();
+    try {
+      await delay(until - Date.now(), signal);
+    } finally {
+      this.waits.delete(w);
+    }
+  }
+
+  private check(): void {
+    if (this.checking || this.parked) return;
+    this.checking = true;
+    setImmediate(() => {
+      this.checking = false;
+      if (this.parked || this.busy > 0 || this.waits.size === 0) return;
+      let earliest = Infinity;
+      for (const w of this.waits) earliest = Math.min(earliest, w.until);
+      if (earliest - Date.now() < this.minMs) return;
+      this.parked = true;
+      this.suspend(new Date(earliest));
+    });
+  }
+}
+
 /** What the interpreter needs from the world: all I/O goes through here. */
 export interface Effects {
   /** Runs one SQL step and checkpoints it (in one transaction when it can). Returns the result JSON text. */
@@ -33,7 +98,12 @@ export interface InstanceContext {
   label: string;
   vars: Record<string, string>;
   effects: Effects;
+  /** Lets the instance leave memory while all of it waits; without it, waits stay in memory. */
+  parking?: Parking;
 }
+
+/** Awaited I/O of a branch, counted as work in flight for parking. */
+const busy = <T>(ctx: InstanceContext, work: () => Promise<T>): Promise<T> => (ctx.parking ? ctx.parking.working(work) : work());
 
 interface Scope {
   stamp: string;
@@ -109,7 +179,7 @@ async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: bool
         throw err;
       }
       try {
-        return { kind: 'ok', value: await ctx.effects.runSql(node, sql, scope.stamp, scope.signal) };
+        return { kind: 'ok', value: await busy(ctx, () => ctx.effects.runSql(node, sql, scope.stamp, scope.signal)) };
       } catch (err) {
         if (err instanceof Aborted || scope.signal.aborted) throw new Aborted();
         if (err instanceof StepError) return { kind: 'failed', error: err.message };
@@ -157,8 +227,9 @@ async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: bool
     case 'BREAK':
       return { kind: 'break', value: node.value }; // outside a loop, runInstance turns it into the failure
     case 'SLEEP': {
-      const deadline = await ctx.effects.sleepDeadline(node, scope.stamp, node.seconds);
-      await delay(deadline.getTime() - Date.now(), scope.signal);
+      const deadline = await busy(ctx, () => ctx.effects.sleepDeadline(node, scope.stamp, node.seconds));
+      if (ctx.parking) await ctx.parking.wait(deadline.getTime(), scope.signal);
+      else await delay(deadline.getTime() - Date.now(), scope.signal);
       return { kind: 'ok', value: `{"slept":true,"seconds":${node.seconds}}` };
     }
     case 'WAIT_SCHEDULE':
@@ -200,7 +271,7 @@ async function loop(node: Node & { type: 'LOOP' }, scope: Scope, ctx: InstanceCo
   let iteration = node.state.stamp === scope.stamp && node.state.iteration !== null ? node.state.iteration : 0;
   if (iteration === 0) {
     iteration = 1;
-    await ctx.effects.setIteration(node, scope.stamp, iteration);
+    await busy(ctx, () => ctx.effects.setIteration(node, scope.stamp, iteration));
   }
   // A root loop starts each iteration with no named results; any other loop
   // carries its results forward and hands them back to its parent.
@@ -226,9 +297,10 @@ async function loop(node: Node & { type: 'LOOP' }, scope: Scope, ctx: InstanceCo
       return exit;
     }
     // Each iteration takes at least a second, as in pg_durable: a runaway loop cannot spin.
-    await delay(started + LOOP_FLOOR_MS - Date.now(), scope.signal);
+    if (ctx.parking) await ctx.parking.wait(started + LOOP_FLOOR_MS, scope.signal);
+    else await delay(started + LOOP_FLOOR_MS - Date.now(), scope.signal);
     iteration++;
-    await ctx.effects.setIteration(node, scope.stamp, iteration);
+    await busy(ctx, () => ctx.effects.setIteration(node, scope.stamp, iteration));
     if (isRoot) results = new Map();
   }
 }

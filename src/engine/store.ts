@@ -30,18 +30,24 @@ export interface Loaded {
 const STATUSES = new Set(['pending', 'running', 'completed', 'failed', 'cancelled']);
 
 /**
- * An instance's columns (i_*) beside each of its nodes' (a row of NULLs for
- * an instance without nodes). The columns a user's data can make large
- * (label, vars) come on the instance's first row only.
+ * The instances `source` names (a query of instance ids), each instance's
+ * columns (i_*) beside each of its nodes' (a row of NULLs for an instance
+ * without nodes). The columns a user's data can make large (label, vars) come
+ * on the instance's first row only. Each instance and its nodes are fetched
+ * by key (LATERAL ... OFFSET 0 keeps the planner from joining the whole
+ * tables), so the cost does not grow with the finished history beside them.
  */
-const LOAD = `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
+const load = (source: string): string => `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
        row_number() OVER (PARTITION BY i.id) = 1 AS i_head,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.label END AS i_label,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.vars END AS i_vars,
        r.rolname AS i_role, r.rolsuper AS i_rolsuper, r.rolcanlogin AS i_rolcanlogin,
        i.submitted_by::oid::text AS i_submitter,
        n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at
-  FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by LEFT JOIN df.nodes n ON n.instance_id = i.id`;
+  FROM (${source}) w(instance_id)
+  CROSS JOIN LATERAL (SELECT * FROM df.instances x WHERE x.id = w.instance_id OFFSET 0) i
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by
+  LEFT JOIN LATERAL (SELECT * FROM df.nodes y WHERE y.instance_id = i.id OFFSET 0) n ON true`;
 type LoadRow = Record<string, unknown> & { i_id: string; i_head: boolean; id: string | null };
 
 /**
@@ -85,6 +91,56 @@ function grouped(rows: LoadRow[]): Map<string, Loaded> {
   return out;
 }
 
+/**
+ * Claims runs and loads them. Row locks cannot be taken in a query with window
+ * functions: the turns are computed in a CTE, the runs locked (skipping those
+ * others lock) in the query over it. Everything is driven by df.runs (only
+ * unfinished work) and by keys.
+ */
+const CLAIM = `WITH turns AS (
+               SELECT q.instance_id, q.created_at,
+                      row_number() OVER (PARTITION BY q.submitted_by ORDER BY q.created_at, q.instance_id) + coalesce(h.n, 0) AS turn
+                 FROM df.runs q
+                 LEFT JOIN unnest($4::oid[], $5::int[]) AS h(role, n) ON h.role = q.submitted_by::oid
+                WHERE q.lease_expires IS NULL OR q.lease_expires < now()),
+             claimed AS (
+               UPDATE df.runs r SET owner = $1, lease_expires = now() + make_interval(secs => $2)
+                 FROM (SELECT p.instance_id FROM df.runs p JOIN turns t ON t.instance_id = p.instance_id
+                        WHERE (p.lease_expires IS NULL OR p.lease_expires < now()) AND ($6 = 0 OR t.turn <= $6)
+                        ORDER BY t.turn, t.created_at LIMIT $3 FOR UPDATE OF p SKIP LOCKED) c
+                WHERE r.instance_id = c.instance_id
+                RETURNING r.instance_id),
+             started AS (
+               UPDATE df.instances i SET status = 'running', updated_at = now()
+                WHERE i.id = ANY (ARRAY(SELECT instance_id FROM claimed)) AND i.status = 'pending')
+             ${load('SELECT instance_id FROM claimed')}`;
+
+const LOAD_ONE = load('SELECT $1::text');
+
+const WRITE_NODES = `UPDATE df.nodes n
+          SET status = v.status, result = v.raw::jsonb, raw_result = v.raw, stamp = v.stamp, updated_at = now(),
+              wake_at = CASE WHEN n.stamp IS NOT DISTINCT FROM v.stamp THEN n.wake_at END
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(inst, id, status, stamp, raw)
+        WHERE n.instance_id = v.inst AND n.id = v.id
+          AND EXISTS (SELECT FROM df.runs r WHERE r.instance_id = v.inst AND r.owner = $6)
+          AND NOT (v.status = 'running' AND n.status IN ('completed', 'failed') AND n.stamp IS NOT DISTINCT FROM v.stamp)`;
+
+/** Retention's batch; the cap's boundary is the keep-th newest finished instance, found once per batch. */
+const PRUNE = `WITH boundary AS (
+               SELECT k.updated_at, k.id FROM df.instances k
+                WHERE $2::int > 0 AND k.status IN ('completed', 'failed', 'cancelled')
+                ORDER BY k.updated_at DESC, k.id DESC OFFSET greatest($2::int - 1, 0) LIMIT 1),
+             doomed AS (
+               SELECT f.id FROM df.instances f
+                WHERE f.status IN ('completed', 'failed', 'cancelled')
+                  AND (($1::float8 > 0 AND f.updated_at < now() - make_interval(secs => $1::float8 * 86400))
+                       OR (f.updated_at, f.id) < (SELECT b.updated_at, b.id FROM boundary b))
+                ORDER BY f.updated_at, f.id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             DELETE FROM df.instances i WHERE i.id = ANY (ARRAY(SELECT id FROM doomed))`;
+
+/** The executor's statements whose plans must not read finished history (checked with EXPLAIN by a test). */
+export const HOT_STATEMENTS = { claim: CLAIM, load: LOAD_ONE, writeNodes: WRITE_NODES, prune: PRUNE } as const;
+
 export interface NodeWrite {
   instanceId: string;
   nodeId: string;
@@ -127,25 +183,7 @@ export class Store {
   async claim(limit: number, held: Map<string, number> = new Map(), perRole = 0): Promise<Loaded[]> {
     const { rows } = await this.pool.query<LoadRow>({
       name: 'pgdp_claim',
-      // Row locks cannot be taken in a query with window functions: the turns are
-      // computed in a CTE, the runs locked (skipping those others lock) in the query over it.
-      text: `WITH turns AS (
-               SELECT q.instance_id, q.created_at,
-                      row_number() OVER (PARTITION BY q.submitted_by ORDER BY q.created_at, q.instance_id) + coalesce(h.n, 0) AS turn
-                 FROM df.runs q
-                 LEFT JOIN unnest($4::oid[], $5::int[]) AS h(role, n) ON h.role = q.submitted_by::oid
-                WHERE q.lease_expires IS NULL OR q.lease_expires < now()),
-             claimed AS (
-               UPDATE df.runs r SET owner = $1, lease_expires = now() + make_interval(secs => $2)
-                 FROM (SELECT p.instance_id FROM df.runs p JOIN turns t ON t.instance_id = p.instance_id
-                        WHERE (p.lease_expires IS NULL OR p.lease_expires < now()) AND ($6 = 0 OR t.turn <= $6)
-                        ORDER BY t.turn, t.created_at LIMIT $3 FOR UPDATE OF p SKIP LOCKED) c
-                WHERE r.instance_id = c.instance_id
-                RETURNING r.instance_id),
-             started AS (
-               UPDATE df.instances i SET status = 'running', updated_at = now()
-                 FROM claimed WHERE i.id = claimed.instance_id AND i.status = 'pending')
-             ${LOAD} JOIN claimed ON claimed.instance_id = i.id`,
+      text: CLAIM,
       values: [this.owner, this.leaseSeconds, limit, [...held.keys()], [...held.values()], perRole],
     });
     return [...grouped(rows).values()];
@@ -187,9 +225,23 @@ export class Store {
     );
   }
 
+  /** Hands a run back, claimable by anyone from `wakeAt` on (a parked instance). */
+  async park(id: string, wakeAt: Date): Promise<void> {
+    await this.fenced(`UPDATE df.runs SET owner = NULL, lease_expires = $3 WHERE instance_id = $1 AND owner = $2`, [id, this.owner, wakeAt]);
+  }
+
+  /** When the next run nobody holds becomes claimable (parked, or handed back with a delay); null if none. */
+  async nextDue(): Promise<Date | null> {
+    const { rows } = await this.pool.query<{ at: Date | null }>({
+      name: 'pgdp_next_due',
+      text: `SELECT min(lease_expires) AS at FROM df.runs WHERE owner IS NULL AND lease_expires > now()`,
+    });
+    return rows[0]?.at ?? null;
+  }
+
   /** An instance and its nodes, in one round trip. */
   async load(id: string): Promise<Loaded | undefined> {
-    const { rows } = await this.pool.query<LoadRow>({ name: 'pgdp_load', text: `${LOAD} WHERE i.id = $1`, values: [id] });
+    const { rows } = await this.pool.query<LoadRow>({ name: 'pgdp_load', text: LOAD_ONE, values: [id] });
     return grouped(rows).get(id);
   }
 
@@ -226,13 +278,7 @@ export class Store {
     // iteration (stamp) forgets the last one's sleep deadline: each iteration sleeps anew.
     await this.pool.query({
       name: 'pgdp_write_nodes',
-      text: `UPDATE df.nodes n
-          SET status = v.status, result = v.raw::jsonb, raw_result = v.raw, stamp = v.stamp, updated_at = now(),
-              wake_at = CASE WHEN n.stamp IS NOT DISTINCT FROM v.stamp THEN n.wake_at END
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(inst, id, status, stamp, raw)
-        WHERE n.instance_id = v.inst AND n.id = v.id
-          AND EXISTS (SELECT FROM df.runs r WHERE r.instance_id = v.inst AND r.owner = $6)
-          AND NOT (v.status = 'running' AND n.status IN ('completed', 'failed') AND n.stamp IS NOT DISTINCT FROM v.stamp)`,
+      text: WRITE_NODES,
       values: [
         batch.map((b) => b.instanceId),
         batch.map((b) => b.nodeId),
@@ -295,6 +341,20 @@ export class Store {
        SELECT count(*)::int AS held FROM ended`,
     )) as unknown as pg.QueryResult<{ held: number }>[];
     return results[1]!.rows[0]!.held > 0;
+  }
+
+  /**
+   * Deletes up to `limit` finished instances (their nodes go with them) that
+   * finished more than `days` ago (0: none for age) or are beyond the newest
+   * `keep` (0: no cap); returns how many. Reads only the index of finished ones.
+   */
+  async prune(days: number, keep: number, limit: number): Promise<number> {
+    const r = await this.pool.query({
+      name: 'pgdp_prune',
+      text: PRUNE,
+      values: [days, keep, limit],
+    });
+    return r.rowCount ?? 0;
   }
 
   /** An instance that is already terminal (cancelled) leaves the queue. */

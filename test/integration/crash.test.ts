@@ -114,6 +114,30 @@ describe('a proxy killed mid-workflow', () => {
   });
 });
 
+describe('a parked instance', () => {
+  it('survives kill -9 of its proxy: it wakes at its deadline in the next proxy and completes once', async () => {
+    const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_parked');
+    await db.query('CREATE TABLE woke (at timestamptz DEFAULT clock_timestamp())');
+    const { rows } = await db.query<{ id: string }>(`SELECT df.start(df.sleep(4) ~> 'INSERT INTO woke DEFAULT VALUES RETURNING 1') AS id`);
+    const id = rows[0]!.id;
+    // The sleep's deadline is recorded (the instance then parks); the proxy dies while it waits.
+    await eventually(
+      async () =>
+        (await db.query(`SELECT count(*)::int AS n FROM df.nodes WHERE instance_id = $1 AND node_type = 'SLEEP' AND wake_at > now() + interval '1 second'`, [id]))
+          .rows[0].n === 1,
+      'the sleep to record its deadline',
+      10_000,
+    );
+    await kill(a);
+    await anotherProxy();
+    await untilStatus(db, id, 'completed', 30_000);
+    expect((await db.query('SELECT count(*)::int AS n FROM woke')).rows[0].n).toBe(1);
+    const deadline = (await db.query<{ at: Date }>(`SELECT wake_at AS at FROM df.nodes WHERE instance_id = $1 AND node_type = 'SLEEP'`, [id])).rows[0]!.at;
+    const woke = (await db.query<{ at: Date }>('SELECT at FROM woke')).rows[0]!.at;
+    expect(woke.getTime()).toBeGreaterThanOrEqual(deadline.getTime());
+  });
+});
+
 describe('several proxies on one database', () => {
   it('no step runs twice; when one proxy is killed the other finishes its work once the lease expires', async () => {
     const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_pair');

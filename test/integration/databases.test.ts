@@ -11,6 +11,7 @@ import { DslInterceptor, loadDslParser } from '../../src/dsl/interceptor.js';
 import { Executor } from '../../src/engine/executor.js';
 import { dbUrl, executorOptions } from '../helpers/durable.js';
 import { env, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { eventually } from '../helpers/wait.js';
 
 let executor: Executor;
 let proxy: RunningProxy;
@@ -88,6 +89,11 @@ it('ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE of a served datab
 it('a template database where a client uses df gets no df schema and no executor connection, so it can still be copied', async () => {
   await expect(visit('template1')).rejects.toMatchObject({ code: '55000', message: expect.stringContaining('it is a template database') });
   expect(await executorConnections('template1')).toBe(0);
+  // The client's own backend (and the executor's probe) may take a moment to exit on a busy machine.
+  await eventually(
+    async () => (await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'template1'`)).rows[0]!.n === 0,
+    'nobody to be connected to template1',
+  );
   const c = new pg.Client(proxy.adminUrl);
   await c.connect();
   try {

@@ -186,11 +186,12 @@ describe('df_cancel notifications from another role', () => {
 });
 
 /**
- * Role A's 12 sleeping workflows and role B's quick one, all pending before an
+ * Role A's 12 long-running workflows and role B's quick one, all pending before an
  * executor with 4 slots starts claiming: a proxy whose own executor claims
  * nothing (maxInstances 0) takes the starts, then a second executor serves.
  */
 async function contention(database: string, over: { maxInstances: number; maxInstancesPerRole?: number }) {
+  // Long steps hold their slots (a sleep would park and hold none).
   const d = await startDurable(database, { maxInstances: 0 });
   const admin = await d.connect();
   await grant(admin, ['pgdp_fair_a', 'pgdp_fair_b']);
@@ -198,7 +199,7 @@ async function contention(database: string, over: { maxInstances: number; maxIns
   const b = await d.connect('pgdp_fair_b', 'pgdp_fair_b-pw');
   await a.query('BEGIN');
   const aIds: string[] = [];
-  for (let i = 0; i < 12; i++) aIds.push((await a.query<{ id: string }>(`SELECT df.start(df.sleep(3600) ~> 'SELECT 1') AS id`)).rows[0]!.id);
+  for (let i = 0; i < 12; i++) aIds.push((await a.query<{ id: string }>(`SELECT df.start('SELECT pg_sleep(3600)') AS id`)).rows[0]!.id);
   await a.query('COMMIT');
   const bId = (await b.query<{ id: string }>(`SELECT df.start('SELECT ''b'' AS who') AS id`)).rows[0]!.id;
   const executor = new Executor(executorOptions(database, over));
@@ -219,7 +220,7 @@ async function contention(database: string, over: { maxInstances: number; maxIns
 }
 
 describe('claiming is fair across roles', () => {
-  it("with 4 slots, one role's 12 sleeping workflows do not keep another role's workflow waiting", async () => {
+  it("with 4 slots, one role's 12 long-running workflows do not keep another role's workflow waiting", async () => {
     const c = await contention('pgdp_tenants_fair', { maxInstances: 4 });
     try {
       // First-come order would give A all 4 slots for an hour.
