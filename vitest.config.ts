@@ -9,7 +9,7 @@ import { defineConfig } from 'vitest/config';
 const managed = process.env.TEST_MODE === 'managed';
 const MANAGED_SUITES = [
   'durable', 'monitoring', 'crash', 'cancel', 'new-start-role', 'new-start-limit', 'start-checks',
-  'dsl', 'step-login', 'clients', 'schema', 'copy', 'protocol', 'tls', 'smoke', 'robustness',
+  'dsl', 'step-login', 'clients', 'schema', 'copy', 'protocol', 'tls', 'smoke', 'robustness', 'parked', 'retention', 'history',
 ].map((name) => `test/integration/${name}.test.ts`);
 
 export default defineConfig({
