@@ -95,7 +95,7 @@ const settings = {
     .max(256 * 1024 * 1024)
     .default(64 * 1024 * 1024)
     .describe("largest result a workflow step may return, in bytes (64 MiB); a step past it fails, its transaction rolled back"),
-  maxInstances: z.coerce.number().int().min(1).max(100_000).default(1000).describe('workflow instances the executor runs at once, per database'),
+  maxInstances: z.coerce.number().int().min(1).max(100_000).default(1000).describe('workflow instances the executor runs at once, per database (a parked, sleeping one does not count)'),
   retentionDays: z.coerce
     .number()
     .min(0)
