@@ -120,11 +120,26 @@ BEGIN
       IF d > 256 THEN
         RAISE EXCEPTION 'Workflow exceeds maximum nesting depth of 256' USING ERRCODE = '54000';
       END IF;
-      IF jsonb_typeof(n) <> 'object' OR NOT (n ->> 'node_type') = ANY (df._valid_types()) THEN
+      -- Hand-written graphs come here unchecked: every malformed shape gets the DSL builders' error.
+      IF jsonb_typeof(n) IS DISTINCT FROM 'object' OR jsonb_typeof(n -> 'node_type') IS DISTINCT FROM 'string'
+         OR NOT coalesce((n ->> 'node_type') = ANY (df._valid_types()), false) THEN
         RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. Valid types: %',
           coalesce(n ->> 'node_type', 'null'), array_to_string(df._valid_types(), ', ') USING ERRCODE = '22023';
       END IF;
       t := n ->> 'node_type';
+      FOREACH q IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
+        IF n ? q AND jsonb_typeof(n -> q) NOT IN ('object', 'null') THEN
+          RAISE EXCEPTION 'Malformed Durofut JSON: % must be an object, not %', q, jsonb_typeof(n -> q) USING ERRCODE = '22023';
+        END IF;
+      END LOOP;
+      IF n ? 'query' AND jsonb_typeof(n -> 'query') NOT IN ('string', 'null') THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: query must be a string, not %', jsonb_typeof(n -> 'query') USING ERRCODE = '22023';
+      END IF;
+      IF n ? 'result_name' AND jsonb_typeof(n -> 'result_name') <> 'null'
+         AND (jsonb_typeof(n -> 'result_name') <> 'string' OR (n ->> 'result_name') !~ '^[A-Za-z_][A-Za-z0-9_]*$') THEN
+        RAISE EXCEPTION 'invalid result name ''%'': a result name is a letter or underscore followed by letters, digits or underscores',
+          n ->> 'result_name' USING ERRCODE = '22023';
+      END IF;
       IF n ? 'condition_node' AND t NOT IN ('IF', 'LOOP') THEN
         RAISE EXCEPTION 'Malformed Durofut JSON: condition_node is only allowed on IF and LOOP, not %', t USING ERRCODE = '22023';
       END IF;

@@ -2,7 +2,7 @@
 // property test over random expressions), and errors at df.start with their
 // SQLSTATE and position, in both query protocols.
 import { parseSync } from 'libpg-query';
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DslError } from '../../src/dsl/builders.js';
 import { compile, NotCompilable } from '../../src/dsl/compile.js';
@@ -163,6 +163,27 @@ describe('errors at df.start, with SQLSTATE and position', () => {
     await proxied.query('ROLLBACK');
     expect((await proxied.query('SELECT 1 AS ok')).rows).toEqual([{ ok: 1 }]);
   });
+});
+
+describe('hand-written workflow JSON, where the proxy cannot see it (a DO block)', () => {
+  // Each malformed graph gets an error of the builders' kind, nothing is stored, and no internal error shows.
+  const cases: [string, RegExp][] = [
+    [`{"node_type": "IF", "left_node": {"node_type": "SQL", "query": "SELECT 1"}, "right_node": {"node_type": "SQL", "query": "SELECT 2"}, "condition_node": {"query": "SELECT true"}}`,
+      /^Invalid durable function: Unknown node_type 'null'/],
+    [`{"node_type": 7, "query": "SELECT 1"}`, /^Invalid durable function: Unknown node_type '7'/],
+    [`{"node_type": "SQL", "query": "SELECT 1", "left_node": "abc"}`, /^Malformed Durofut JSON: left_node must be an object, not string/],
+    [`{"node_type": "SQL", "query": 42}`, /^Malformed Durofut JSON: query must be a string, not number/],
+    [`{"node_type": "SQL", "query": "SELECT 1", "result_name": "not a name"}`, /^invalid result name 'not a name'/],
+  ];
+  for (const [graph, message] of cases) {
+    it(`refuses ${graph.slice(0, 70)}…`, async () => {
+      const before = (await direct.query('SELECT count(*)::int AS n FROM df.instances')).rows[0].n;
+      const err = await proxied.query(`DO $$ BEGIN PERFORM df.start(${pg.escapeLiteral(graph)}); END $$`).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: '22023' });
+      expect((err as Error).message).toMatch(message);
+      expect((await direct.query('SELECT count(*)::int AS n FROM df.instances')).rows[0].n).toBe(before);
+    });
+  }
 });
 
 describe('statements the compiler leaves to the SQL builders', () => {
