@@ -38,6 +38,8 @@ export interface ExecutorOptions {
   retentionMaxInstances: number;
   /** How often retention runs (default a minute). */
   pruneIntervalMs?: number;
+  /** Told of the executor's own writes the schema refused (a bug); tests fail on any. */
+  onFault?: (what: string) => void;
   /** Largest result a step may return, in bytes (rows as they arrive, and the JSON stored). */
   maxStepResult: number;
   /** Connections per (database, role) for steps. */
@@ -551,6 +553,12 @@ class DatabaseWorker {
             return;
           }
           if (err instanceof Aborted || err instanceof LostRun || signal.aborted) return;
+          const code = (err as { code?: string }).code;
+          if (typeof code === 'string' && code.startsWith('23')) {
+            // The schema refused one of the executor's own writes: a bug, not weather. Said loudly, then retried.
+            this.opts.log.error({ instance: id, err: (err as Error).message, code }, 'the df schema refused a write of the executor');
+            this.opts.onFault?.(`instance ${id}: ${(err as Error).message} (${code})`);
+          }
           const waitMs = Math.min(30_000, 250 * 2 ** attempt);
           this.log.warn({ instance: id, err: (err as Error).message, retryInMs: waitMs }, 'instance interrupted; resuming from its checkpoints');
           await delay(waitMs, signal);

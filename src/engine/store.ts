@@ -303,7 +303,8 @@ export class Store {
   /** A SLEEP's deadline: the one recorded for this iteration, or now + seconds. */
   async sleepDeadline(instanceId: string, nodeId: string, stamp: string, seconds: number): Promise<Date> {
     const { rows } = await this.fenced<{ wake_at: Date }>(
-      `UPDATE df.nodes SET status = 'running', stamp = $4, updated_at = now(),
+      // Running again (a new loop iteration): the last iteration's result goes, as the schema requires of a running node.
+      `UPDATE df.nodes SET status = 'running', stamp = $4, updated_at = now(), result = NULL, raw_result = NULL,
               wake_at = CASE WHEN stamp IS NOT DISTINCT FROM $4 AND wake_at IS NOT NULL THEN wake_at
                              ELSE now() + make_interval(secs => $5) END
         WHERE instance_id = $1 AND id = $3 AND ${HELD} RETURNING wake_at`,
