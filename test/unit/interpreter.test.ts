@@ -46,9 +46,9 @@ const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
 describe('the interpreter', () => {
   it('runs a chain in order; a named result is substituted into later steps; the last result is the outcome', async () => {
     const f = fake((q) => (q.startsWith('SELECT 7') ? rows({ n: 7 }) : rows({ got: q })));
-    const out = await runInstance(then(sql('SELECT 7 AS n', 'a'), sql('SELECT $a + 1, {v}, {sys_instance_id}')), ctx(f.effects), never);
-    expect(f.ran).toEqual(['SELECT 7 AS n', "SELECT 7 + 1, x, abcd0123"]);
-    expect(out).toEqual({ kind: 'ok', value: rows({ got: "SELECT 7 + 1, x, abcd0123" }) });
+    const out = await runInstance(then(sql('SELECT 7 AS n', 'a'), sql('SELECT 1 + $a, {v}, {sys_instance_id}')), ctx(f.effects), never);
+    expect(f.ran).toEqual(['SELECT 7 AS n', "SELECT 1 + 7, x, abcd0123"]);
+    expect(out).toEqual({ kind: 'ok', value: rows({ got: "SELECT 1 + 7, x, abcd0123" }) });
   });
 
   it('a failing step ends the chain with its error; nothing after it runs', async () => {
