@@ -1,7 +1,8 @@
 // The interpreter against fake effects: order, results, failures, JOIN and
 // RACE, loops and breaks, replay from recorded state, and when an instance
 // parks. No database: every effect is a function of this file.
-import { describe, expect, it } from 'vitest';
+import { loadModule } from 'libpg-query';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { Node, NodeState } from '../../src/engine/graph.js';
 import { Aborted, Parking, runInstance, Suspended, type Effects } from '../../src/engine/interpreter.js';
 
@@ -42,6 +43,9 @@ const ctx = (effects: Effects, parking?: Parking) => ({ instanceId: 'abcd0123', 
 const never = new AbortController().signal;
 /** One turn of the event loop (Parking decides on setImmediate). */
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+// Substitution places `$name`s with the PostgreSQL scanner.
+beforeAll(() => loadModule());
 
 describe('the interpreter', () => {
   it('runs a chain in order; a named result is substituted into later steps; the last result is the outcome', async () => {
