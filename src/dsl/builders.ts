@@ -2,6 +2,7 @@
 // proxy compiles a literal DSL expression into exactly the graph JSON the SQL
 // functions would build (a property test holds the two together). Values are
 // strings or null, as in SQL: every builder but loop and break is STRICT.
+import { NODE_TYPES } from '../workflow/model.js';
 
 /** A DSL error: SQLSTATE, message, and the byte offset in the statement it points at. */
 export class DslError extends Error {
@@ -15,7 +16,6 @@ export class DslError extends Error {
   }
 }
 
-export const NODE_TYPES = ['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL'];
 
 type T = string | null;
 const str = (s: string): string => JSON.stringify(s);
@@ -78,7 +78,7 @@ export function envelope(t: T, strict: boolean, at?: number): Obj | null {
   if (typeOf(j) !== 'object') return null;
   const o = j as Obj;
   if (!Object.hasOwn(o, 'node_type')) return null;
-  if (typeof o.node_type !== 'string' || !NODE_TYPES.includes(o.node_type)) {
+  if (typeof o.node_type !== 'string' || !(NODE_TYPES as readonly string[]).includes(o.node_type)) {
     if (strict) {
       const shown = typeof o.node_type === 'string' ? o.node_type : o.node_type === null ? 'null' : JSON.stringify(o.node_type);
       throw new DslError(`Invalid durable function: Unknown node_type '${shown}'. Valid types: ${NODE_TYPES.join(', ')}`, '22023', at);

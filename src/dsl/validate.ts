@@ -4,9 +4,10 @@
 // PostgreSQL parser.
 import { parseSync } from 'libpg-query';
 import { DslError, envelope, IDENTIFIER, partialIf } from './builders.js';
+import { LIMITS } from '../workflow/model.js';
 
-export const MAX_DEPTH = 256;
-export const MAX_NODES = 10_000;
+export const MAX_DEPTH = LIMITS.depth;
+export const MAX_NODES = LIMITS.nodes;
 
 type Obj = Record<string, unknown>;
 

@@ -16,6 +16,7 @@ import type { PgError } from '../proxy/protocol.js';
 import { LostRun, Store, type InstanceRow, type Loaded } from './store.js';
 import { StepError } from './substitute.js';
 import { VERSION } from '../version.js';
+import { TERMINAL_STATUSES } from '../workflow/model.js';
 
 export interface ExecutorOptions {
   /** The executor's own connection to a database (owner of the df schema, or superuser). */
@@ -99,7 +100,7 @@ const STEP_IDLE_MS = 1000;
 /** How long an install that failed, or a df schema a restore is still writing, is left alone before a statement's use tries again. */
 const RETRY_MS = 5000;
 
-const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+const TERMINAL = new Set<string>(TERMINAL_STATUSES);
 
 export class Executor {
   readonly owner = randomUUID();

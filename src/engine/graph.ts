@@ -2,15 +2,16 @@
 // Rows come from a table users can write to (their own instances), so they
 // are validated with zod and the structure is checked before anything runs.
 import { z } from 'zod';
+import { LIMITS, NODE_STATUSES, NODE_TYPES } from '../workflow/model.js';
 
 const nodeRow = z.object({
   id: z.string().regex(/^[0-9a-f]{8}$/),
-  node_type: z.enum(['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL']),
+  node_type: z.enum(NODE_TYPES),
   query: z.string().nullable(),
   result_name: z.string().nullable(),
   left_node: z.string().nullable(),
   right_node: z.string().nullable(),
-  status: z.enum(['pending', 'running', 'completed', 'failed']),
+  status: z.enum(NODE_STATUSES),
   stamp: z.string().nullable(),
   iteration: z.number().int().nullable(),
   raw_result: z.string().nullable(),
@@ -76,7 +77,7 @@ export function buildGraph(rows: unknown[], rootId: string): Node {
     const r = byId.get(id);
     if (!r) throw new GraphError(`${where}: node ${id} does not exist`);
     if (seen.has(id)) throw new GraphError(`node ${id} appears twice in the graph`);
-    if (depth > 256) throw new GraphError('the graph is deeper than 256 levels');
+    if (depth > LIMITS.depth) throw new GraphError(`the graph is deeper than ${LIMITS.depth} levels`);
     seen.add(id);
     const base: Base = {
       id,

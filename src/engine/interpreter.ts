@@ -2,6 +2,7 @@
 // whose row says it finished in the current loop iteration (its stamp) is not
 // run again, its recorded result is used. So recovery is: reload, walk again.
 import type { Node } from './graph.js';
+import { LIMITS } from '../workflow/model.js';
 import { StepError, substituteResults, substituteVars, truthy } from './substitute.js';
 
 export type Outcome =
@@ -111,8 +112,8 @@ interface Scope {
   signal: AbortSignal;
 }
 
-export const MAX_LOOP_ITERATIONS = 100_000;
-const LOOP_FLOOR_MS = 1000;
+export const MAX_LOOP_ITERATIONS = LIMITS.loopIterations;
+const LOOP_FLOOR_MS = LIMITS.loopFloorMs;
 
 export async function runInstance(root: Node, ctx: InstanceContext, signal: AbortSignal): Promise<Outcome> {
   const out = await exec(root, { stamp: '', results: new Map(), signal }, ctx, true);

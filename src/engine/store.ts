@@ -3,12 +3,13 @@
 // by the run lease: it lands only while this executor still owns the run.
 import pg from 'pg';
 import { z } from 'zod';
+import { INSTANCE_STATUSES } from '../workflow/model.js';
 
 const instanceRow = z.object({
   id: z.string(),
   label: z.string().nullable(),
   root_node: z.string(),
-  status: z.enum(['pending', 'running', 'completed', 'failed', 'cancelled']),
+  status: z.enum(INSTANCE_STATUSES),
   database: z.string().nullable(),
   vars: z.record(z.string(), z.string().nullable()),
   role: z.string().nullable(),
@@ -27,7 +28,7 @@ export interface Loaded {
   invalid?: string;
 }
 
-const STATUSES = new Set(['pending', 'running', 'completed', 'failed', 'cancelled']);
+const STATUSES = new Set<string>(INSTANCE_STATUSES);
 
 /**
  * The instances `source` names (a query of instance ids), each instance's

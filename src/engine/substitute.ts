@@ -3,6 +3,7 @@
 // references over its output. And the truthiness rule of IF and LOOP.
 import { scanSync } from 'libpg-query';
 import { memoized } from './memo.js';
+import { LIMITS } from '../workflow/model.js';
 
 /** A step that cannot run: its node fails with this message. */
 export class StepError extends Error {}
@@ -388,7 +389,7 @@ function extract(ref: Ref, raw: string, mode: Mode): Value | undefined {
   const rows = isObject(v) && Array.isArray(v.rows) ? v.rows : undefined;
   if (ref.star) {
     if (!rows) throw new StepError(`$${ref.name}.*: invalid result format (not a row set)`);
-    if (rows.length > 10000) throw new StepError(`$${ref.name}.* has ${rows.length} rows; at most 10000 can be expanded`);
+    if (rows.length > LIMITS.expandedRows) throw new StepError(`$${ref.name}.* has ${rows.length} rows; at most ${LIMITS.expandedRows} can be expanded`);
     return { t: 'rows', name: ref.name, rows };
   }
   if (rows) {

@@ -11,6 +11,7 @@ import { Executor } from '../../src/engine/executor.js';
 import { SQL_DIR, shipped } from '../../src/schema/files.js';
 import { dbUrl, executorOptions, freshDatabase } from '../helpers/durable.js';
 import { env } from '../helpers/proxy.js';
+import { INSTANCE_STATUSES, LEAF_TYPES, NODE_STATUSES, NODE_TYPES } from '../../src/workflow/model.js';
 
 const DB = 'pgdp_schema_snapshot';
 const SNAPSHOT = path.join(SQL_DIR, 'schema.snapshot');
@@ -62,6 +63,29 @@ it('the installed df schema matches sql/schema.snapshot', async () => {
   const actual = rows.map((r) => r.l).join('\n') + '\n';
   if (process.env.UPDATE_SCHEMA_SNAPSHOT) writeFileSync(SNAPSHOT, actual);
   expect(actual).toBe(readFileSync(SNAPSHOT, 'utf8'));
+});
+
+it('the SQL copies of the workflow model (node types, statuses, leaf nodes) are the ones of src/workflow/model.ts', async () => {
+  const quoted = (def: string): string[] => [...def.matchAll(/'([A-Z_a-z]+)'::text/g)].map((m) => m[1]!);
+  const check = async (table: string, column: string): Promise<string[]> => {
+    const { rows } = await admin.query<{ def: string }>(
+      `SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c
+        WHERE c.conrelid = $1::regclass AND c.contype = 'c' AND pg_get_constraintdef(c.oid) ~ ('^CHECK \\(\\(' || $2 || ' = ANY')`,
+      [table, column],
+    );
+    expect(rows, `${table}.${column}`).toHaveLength(1);
+    return quoted(rows[0]!.def);
+  };
+  expect(await check('df.nodes', 'node_type')).toEqual([...NODE_TYPES]);
+  expect(await check('df.nodes', 'status')).toEqual([...NODE_STATUSES]);
+  expect(await check('df.instances', 'status')).toEqual([...INSTANCE_STATUSES]);
+  expect((await admin.query<{ t: string[] }>('SELECT df._valid_types() AS t')).rows[0]!.t).toEqual([...NODE_TYPES]);
+  // The shape check: leaves take a query and no children.
+  const { rows } = await admin.query<{ def: string }>(
+    `SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c WHERE c.conrelid = 'df.nodes'::regclass AND pg_get_constraintdef(c.oid) LIKE '%CASE%'`,
+  );
+  const leaves = /WHEN \(node_type = ANY \(ARRAY\[([^\]]+)\]\)\) THEN \(\(left_node IS NULL\)/.exec(rows[0]!.def)?.[1] ?? '';
+  expect(quoted(leaves)).toEqual([...LEAF_TYPES]);
 });
 
 it('records every shipped migration and function file with its checksum', async () => {
