@@ -586,6 +586,7 @@ class DatabaseWorker {
       await this.store.park(id, wakeAt);
       this.scheduleWake(wakeAt);
     } catch (err) {
+      if (err instanceof LostRun) return; // cancelled or taken over meanwhile: nothing to park
       // The lease runs out instead, and a claim resumes it then.
       this.log.warn({ instance: id, err: (err as Error).message }, 'cannot park the instance; it resumes when its lease expires');
     }
