@@ -12,6 +12,7 @@
 //   BENCH_STEPS    steps per workflow (default 20)
 //   BENCH_WAVES    workflows per client (default 40: long enough for a steady state)
 //   BENCH_SECONDS  seconds of the pgbench baseline (default 10)
+//   BENCH_HISTORY  finished instances (one node each) seeded into df first, as months of use leave them (default 0)
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -24,6 +25,7 @@ const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
 const STEPS = Number(process.env.BENCH_STEPS ?? 20);
 const WAVES = Number(process.env.BENCH_WAVES ?? 40);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const HISTORY = Number(process.env.BENCH_HISTORY ?? 0);
 const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
 const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
 
@@ -130,6 +132,19 @@ UPDATE bench_nodes SET status = 'completed', result = '{"rows":[],"row_count":0}
     const floorTps = runPgbench(floorScript, ['-M', 'extended']);
     await direct.query('DELETE FROM df.instances WHERE id IN (SELECT instance FROM bench_ceiling)');
     const chain = Array.from({ length: STEPS }, (_, i) => `'INSERT INTO bench_rows (instance, step) VALUES (''{sys_instance_id}'', ${i + 1})'`).join(' ~> ');
+    if (HISTORY > 0) {
+      log(`seeding ${HISTORY} finished instances`);
+      await direct.query('BEGIN');
+      await direct.query('SET LOCAL session_replication_role = replica');
+      await direct.query(`INSERT INTO df.instances (id, label, root_node, status, submitted_by, created_at, updated_at, completed_at)
+        SELECT lpad(to_hex(g), 8, '0'), 'history', lpad(to_hex(g), 8, '0'), 'completed', current_user::regrole, now() - make_interval(secs => g), now() - make_interval(secs => g), now() - make_interval(secs => g)
+          FROM generate_series(1, ${HISTORY}) g`);
+      await direct.query(`INSERT INTO df.nodes (id, instance_id, node_type, query, status, result, raw_result, submitted_by, stamp)
+        SELECT lpad(to_hex(g), 8, '0'), lpad(to_hex(g), 8, '0'), 'SQL', 'SELECT 1', 'completed', '{"rows": []}', '{"rows": []}', current_user::regrole, ''
+          FROM generate_series(1, ${HISTORY}) g`);
+      await direct.query('COMMIT');
+      await direct.query('ANALYZE df.instances, df.nodes');
+    }
     const writes = async () => Number((await direct.query(`SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)::bigint AS n FROM pg_stat_user_tables WHERE schemaname = 'df'`)).rows[0].n);
     await direct.query('SELECT pg_stat_force_next_flush()');
     const writesBefore = await writes();
@@ -184,7 +199,7 @@ UPDATE bench_nodes SET status = 'completed', result = '{"rows":[],"row_count":0}
 
     const f = (x, d = 1) => x.toFixed(d);
     const lines = [
-      `durable workflows: ${CLIENTS} concurrent x ${STEPS} single-INSERT steps, ${WAVES} per client (${totalSteps} steps)`,
+      `durable workflows: ${CLIENTS} concurrent x ${STEPS} single-INSERT steps, ${WAVES} per client (${totalSteps} steps)${HISTORY ? `, beside ${HISTORY} finished instances` : ''}`,
       `  baseline (pgbench, plain transactions, ${CLIENTS} clients): ${f(baseTps)} tps`,
       `  a step's SQL alone (pgbench: INSERT + checkpoint in one round trip): ${f(ceilingTps)} tps   (${f(ceilingTps / baseTps, 2)}x baseline: the most the proxy could reach)`,
       `  the exactly-once floor (pgbench -M extended: INSERT + UPDATE of a node-like row, pipelined): ${f(floorTps)} tps`,
