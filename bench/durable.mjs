@@ -13,20 +13,18 @@
 //   BENCH_WAVES    workflows per client (default 40: long enough for a steady state)
 //   BENCH_SECONDS  seconds of the pgbench baseline (default 10)
 //   BENCH_HISTORY  finished instances (one node each) seeded into df first, as months of use leave them (default 0)
-import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { pino } from 'pino';
-import { EmbeddedPostgres, freePort } from '../dist/embedded.js';
+import { cpuMs, pct, servedByProxy } from './served.mjs';
 
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
 const STEPS = Number(process.env.BENCH_STEPS ?? 20);
 const WAVES = Number(process.env.BENCH_WAVES ?? 40);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const HISTORY = Number(process.env.BENCH_HISTORY ?? 0);
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
 const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
 
 function findPgbench() {
@@ -41,34 +39,11 @@ function findPgbench() {
   return findPgbench();
 }
 
-const pct = (xs, p) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function main() {
   const pgbench = findPgbench();
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-bench-durable-'));
-  chmodSync(tmp, 0o755);
-  const server = await EmbeddedPostgres.start({ dataDir: path.join(tmp, 'data'), port: 0, log: pino({ level: 'warn' }), settings: { max_connections: '200' } });
-  const proxyPort = await freePort();
-  const stepUrl = `postgres://steps@127.0.0.1:${server.port}/postgres?host=${encodeURIComponent(server.socketDir)}`;
-  const proxy = spawn(process.execPath, [CLI, '--upstream', server.url, '--listen', `127.0.0.1:${proxyPort}`, '--admin', 'off', '--log-level', 'warn',
-    '--step-url', stepUrl, '--allow-superuser-instances', 'true', '--databases', 'postgres'], { stdio: ['ignore', 'inherit', 'pipe'] });
-  await new Promise((resolve, reject) => {
-    let err = '';
-    proxy.stderr.on('data', (d) => {
-      err += d;
-      if (err.includes('ready:')) resolve();
-    });
-    proxy.once('exit', (c) => reject(new Error(`proxy exited ${c}: ${err}`)));
-  });
-  const cleanup = async () => {
-    proxy.kill('SIGKILL');
-    await server.stop();
-    rmSync(tmp, { recursive: true, force: true });
-  };
+  const { tmp, server, proxy, proxyPort, cleanup } = await servedByProxy('durable');
   try {
     const direct = new pg.Client(server.url);
     direct.on('error', () => {}); // the server stops under it at the end; a failure shows as the query's error
@@ -161,10 +136,7 @@ UPDATE bench_nodes SET status = 'completed', result = '{"rows":[],"row_count":0}
     });
     await listener.query('LISTEN df_cancel');
     const finished = (id) => (ended.has(id) ? Promise.resolve() : new Promise((r) => waiting.set(id, r)));
-    const proxyCpu = () => {
-      const stat = readFileSync(`/proc/${proxy.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      return ((Number(stat[11]) + Number(stat[12])) * 1000) / 100; // utime + stime, ms
-    };
+    const proxyCpu = () => cpuMs(proxy.pid);
     const cpuBefore = proxyCpu();
     const started = performance.now();
     // Each client keeps one workflow in flight: start, wait for the end, start the next.
@@ -175,7 +147,7 @@ UPDATE bench_nodes SET status = 'completed', result = '{"rows":[],"row_count":0}
       }
     }));
     const busyMs = performance.now() - started;
-    const cpuMs = proxyCpu() - cpuBefore;
+    const proxyCpuMs = proxyCpu() - cpuBefore;
     await listener.end();
     const failed = (await direct.query(`SELECT count(*)::int AS n FROM df.instances WHERE status <> 'completed'`)).rows[0].n;
     if (failed) throw new Error(`${failed} workflows did not complete`);
@@ -204,7 +176,7 @@ UPDATE bench_nodes SET status = 'completed', result = '{"rows":[],"row_count":0}
       `  a step's SQL alone (pgbench: INSERT + checkpoint in one round trip): ${f(ceilingTps)} tps   (${f(ceilingTps / baseTps, 2)}x baseline: the most the proxy could reach)`,
       `  the exactly-once floor (pgbench -M extended: INSERT + UPDATE of a node-like row, pipelined): ${f(floorTps)} tps`,
       `  durable steps/s:            ${f(stepsPerSec)}   (${f(stepsPerSec / floorTps, 2)}x the floor; goal >= 0.5x; ${f(stepsPerSec / baseTps, 2)}x plain transactions)`,
-      `  proxy CPU per step:         ${f((cpuMs * 1000) / totalSteps, 0)} us`,
+      `  proxy CPU per step:         ${f((proxyCpuMs * 1000) / totalSteps, 0)} us`,
       `  durable workflows/s:        ${f(workflowsPerSec, 2)}`,
       `  start-to-first-step p50:    ${f(pct(lat, 50), 2)} ms   p99: ${f(pct(lat, 99), 2)} ms   (goal p50 <= 5 ms)`,
       `  df rows written per step:   ${f(dfWrites / totalSteps, 2)}   (inserted, updated or deleted in df.*, besides the step's own row)`,

@@ -11,52 +11,22 @@
 //
 //   BENCH_SLEEPERS  parked workflows (default 10000)
 //   BENCH_NAPS      short sleeps for the precision figure (default 50)
-import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { pino } from 'pino';
-import { EmbeddedPostgres, freePort } from '../dist/embedded.js';
+import { cpuMs, pct, servedByProxy } from './served.mjs';
 
 const SLEEPERS = Number(process.env.BENCH_SLEEPERS ?? 10_000);
 const NAPS = Number(process.env.BENCH_NAPS ?? 50);
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
 const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const pct = (xs, p) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
 /** Resident memory (MiB) and CPU time (ms) of a process, from /proc. */
 function usage(pid) {
   const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  const ticks = Number(stat[11]) + Number(stat[12]); // utime + stime
-  return { rss, cpuMs: (ticks * 1000) / 100 };
+  return { rss, cpuMs: cpuMs(pid) };
 }
 
 async function main() {
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'pgdp-bench-waits-'));
-  chmodSync(tmp, 0o755);
-  const server = await EmbeddedPostgres.start({ dataDir: path.join(tmp, 'data'), port: 0, log: pino({ level: 'warn' }), settings: { max_connections: '200' } });
-  const proxyPort = await freePort();
-  const stepUrl = `postgres://steps@127.0.0.1:${server.port}/postgres?host=${encodeURIComponent(server.socketDir)}`;
-  const proxy = spawn(process.execPath, [CLI, '--upstream', server.url, '--listen', `127.0.0.1:${proxyPort}`, '--admin', 'off', '--log-level', 'warn',
-    '--step-url', stepUrl, '--allow-superuser-instances', 'true', '--databases', 'postgres', '--max-instances', '100000'], { stdio: ['ignore', 'inherit', 'pipe'] });
-  await new Promise((resolve, reject) => {
-    let err = '';
-    proxy.stderr.on('data', (d) => {
-      err += d;
-      if (err.includes('ready:')) resolve();
-    });
-    proxy.once('exit', (c) => reject(new Error(`proxy exited ${c}: ${err}`)));
-  });
-  const cleanup = async () => {
-    proxy.kill('SIGKILL');
-    await server.stop();
-    rmSync(tmp, { recursive: true, force: true });
-  };
+  const { server, proxy, proxyPort, cleanup } = await servedByProxy('waits', ['--max-instances', '100000']);
   try {
     const direct = new pg.Client(server.url);
     direct.on('error', () => {});
