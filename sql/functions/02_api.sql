@@ -79,6 +79,17 @@ REVOKE EXECUTE ON FUNCTION df._caller(uuid) FROM PUBLIC;
 
 -- Flattens a graph into df.nodes rows for instance p_instance (pre-order,
 -- fresh 8-hex ids) and returns the root node's id.
+-- Whether `config` is a JSON object with the key `key` (a node's configuration, as the builders write it).
+CREATE OR REPLACE FUNCTION df._is_config(config text, key text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN jsonb_typeof(config::jsonb) = 'object' AND config::jsonb ? key;
+EXCEPTION WHEN others THEN
+  RETURN false;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._is_config(text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION df._insert_nodes(p_instance text, p_graph jsonb, p_database text, p_submitter regrole) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -176,6 +187,18 @@ BEGIN
         RAISE EXCEPTION 'Malformed Durofut JSON: an IF node needs a condition_node' USING ERRCODE = '22023';
       ELSIF t = 'LOOP' AND (lid IS NULL OR rid IS NOT NULL) THEN
         RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes a body (left_node) only' USING ERRCODE = '22023';
+      END IF;
+      -- The configurations the executor reads (src/engine/graph.ts), as the builders write them.
+      IF t = 'SLEEP' AND q !~ '^\s*[0-9]+\s*$' THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: a SLEEP node takes its duration in whole seconds, not %', q USING ERRCODE = '22023';
+      ELSIF t = 'BREAK' AND NOT df._is_config(q, 'break_value') THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: a BREAK node takes {"break_value": ...}, not %', q USING ERRCODE = '22023';
+      ELSIF t = 'IF' AND jsonb_typeof(n -> 'condition_node') IS DISTINCT FROM 'object' AND NOT df._is_config(q, 'result_name') THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: an IF node needs a condition_node (or a result_has_rows condition), not %', q USING ERRCODE = '22023';
+      ELSIF t = 'LOOP' AND jsonb_typeof(n -> 'condition_node') IS DISTINCT FROM 'object' AND q IS NOT NULL THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes its condition as a condition_node, not %', q USING ERRCODE = '22023';
+      ELSIF t = 'JOIN' AND extra IS NULL AND q IS NOT NULL THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: a JOIN node takes more branches as extra_nodes, not %', q USING ERRCODE = '22023';
       END IF;
       IF t IN ('THEN', 'RACE') THEN
         q := NULL;

@@ -174,6 +174,12 @@ describe('hand-written workflow JSON, where the proxy cannot see it (a DO block)
     [`{"node_type": "SQL", "query": "SELECT 1", "left_node": "abc"}`, /^Malformed Durofut JSON: left_node must be an object, not string/],
     [`{"node_type": "SQL", "query": 42}`, /^Malformed Durofut JSON: query must be a string, not number/],
     [`{"node_type": "SQL", "query": "SELECT 1", "result_name": "not a name"}`, /^invalid result name 'not a name'/],
+    // Shapes the executor would only refuse when it runs them.
+    [`{"node_type": "SLEEP", "query": "soon"}`, /^Malformed Durofut JSON: a SLEEP node takes its duration in whole seconds, not soon/],
+    [`{"node_type": "BREAK", "query": "done"}`, /^Malformed Durofut JSON: a BREAK node takes \{"break_value": \.\.\.\}/],
+    [`{"node_type": "IF", "query": "SELECT true", "left_node": {"node_type": "SQL", "query": "SELECT 1"}, "right_node": {"node_type": "SQL", "query": "SELECT 2"}}`,
+      /^Malformed Durofut JSON: an IF node needs a condition_node/],
+    [`{"node_type": "LOOP", "query": "SELECT true", "left_node": {"node_type": "SQL", "query": "SELECT 1"}}`, /^Malformed Durofut JSON: a LOOP node takes its condition as a condition_node/],
   ];
   for (const [graph, message] of cases) {
     it(`refuses ${graph.slice(0, 70)}…`, async () => {
