@@ -60,6 +60,19 @@ describe('parked waits', () => {
     for (const id of sleepers) await admin.query('SELECT df.cancel($1)', [id]);
   });
 
+  it('df.cancel of a parked instance cancels it: it never wakes, its later steps never run', async () => {
+    const { rows } = await admin.query<{ id: string }>(`SELECT df.start(df.sleep(3) ~> 'INSERT INTO marks VALUES (''after cancel'') RETURNING 1') AS id`);
+    const id = rows[0]!.id;
+    await eventually(async () => {
+      const r = await run(id);
+      return r !== undefined && r.owner === null && r.due !== null && r.due.getTime() > Date.now() + 1000;
+    }, 'the instance to be parked', 5000);
+    await admin.query('SELECT df.cancel($1)', [id]);
+    expect(await run(id)).toBeUndefined(); // nothing left to claim
+    expect((await admin.query('SELECT df.await_instance($1, 10) AS s', [id])).rows[0].s).toBe('cancelled');
+    expect((await admin.query(`SELECT count(*)::int AS n FROM marks WHERE what = 'after cancel'`)).rows[0].n).toBe(0);
+  });
+
   it('a JOIN of a sleep and steps: the steps run at once and once; the instance parks only when all of it waits', async () => {
     const r = await runWorkflow(
       admin,
