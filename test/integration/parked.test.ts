@@ -24,15 +24,18 @@ afterAll(async () => {
 const run = async (id: string): Promise<{ owner: string | null; due: Date | null } | undefined> =>
   (await su.query('SELECT owner, lease_expires AS due FROM df.runs WHERE instance_id = $1', [id])).rows[0];
 
+/** Claimed (a lease), then handed back with the deadline: no owner, not claimable before it. */
+const untilParked = (id: string): Promise<void> =>
+  eventually(async () => {
+    const r = await run(id);
+    return r !== undefined && r.owner === null && r.due !== null && r.due.getTime() > Date.now() + 1000;
+  }, 'the instance to be parked', 5000);
+
 describe('parked waits', () => {
   it('a sleep parks the instance: no executor holds its run until the deadline, and it wakes within a second of it', async () => {
     const { rows } = await admin.query<{ id: string }>(`SELECT df.start(df.sleep(3) ~> 'INSERT INTO marks VALUES (''woke'') RETURNING 1') AS id`);
     const id = rows[0]!.id;
-    // Claimed (a lease), then handed back with the deadline: owner NULL, not claimable before it.
-    await eventually(async () => {
-      const r = await run(id);
-      return r !== undefined && r.owner === null && r.due !== null && r.due.getTime() > Date.now() + 1000;
-    }, 'the instance to be parked', 5000);
+    await untilParked(id);
     const parked = (await run(id))!;
     const deadline = (await su.query<{ wake_at: Date }>(`SELECT wake_at FROM df.nodes WHERE instance_id = $1 AND node_type = 'SLEEP'`, [id])).rows[0]!.wake_at;
     expect(parked.due!.getTime()).toBe(deadline.getTime());
@@ -63,10 +66,7 @@ describe('parked waits', () => {
   it('df.cancel of a parked instance cancels it: it never wakes, its later steps never run', async () => {
     const { rows } = await admin.query<{ id: string }>(`SELECT df.start(df.sleep(3) ~> 'INSERT INTO marks VALUES (''after cancel'') RETURNING 1') AS id`);
     const id = rows[0]!.id;
-    await eventually(async () => {
-      const r = await run(id);
-      return r !== undefined && r.owner === null && r.due !== null && r.due.getTime() > Date.now() + 1000;
-    }, 'the instance to be parked', 5000);
+    await untilParked(id);
     await admin.query('SELECT df.cancel($1)', [id]);
     expect(await run(id)).toBeUndefined(); // nothing left to claim
     expect((await admin.query('SELECT df.await_instance($1, 10) AS s', [id])).rows[0].s).toBe('cancelled');
