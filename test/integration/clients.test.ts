@@ -3,7 +3,7 @@
 // the transaction aborted as a syntax error aborts it), df.start with
 // parameters, and query cancel by BackendKeyData (whose pid is the backend's),
 // by pg_cancel_backend and by knex's timeout. node-postgres, postgres.js and
-// knex run here; psycopg 2 and 3 (Debian's /usr/bin/python3) and JDBC
+// knex run here; psycopg 2 and 3 and asyncpg (Debian's /usr/bin/python3) and JDBC
 // (Debian's jar, java 17) run as child processes.
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -371,6 +371,53 @@ describe('psycopg (Debian python3-psycopg2, python3-psycopg)', () => {
       });
     });
   }
+});
+
+/** asyncpg speaks the protocol itself (no libpq): prepared statements, binary parameters, its own cancel. */
+const ASYNCPG_SCRIPT = `
+import asyncio, json, sys
+import asyncpg
+async def main(dsn):
+    out = {}
+    c = await asyncpg.connect(dsn, ssl=False)
+    out['sum'] = await c.fetchval('SELECT $1::int + $2', 40, 2)
+    out['pid_matches'] = (await c.fetchval('SELECT pg_backend_pid()')) == c.get_server_pid()
+    try:
+        await c.fetchval("SELECT df.start('${BAD_STEP}', $1::text)", 'asyncpg')
+        out['error'] = None
+    except asyncpg.PostgresError as e:
+        out['error'] = e.sqlstate
+        out['position'] = e.position
+    instance = await c.fetchval("SELECT df.start('SELECT 1 AS one', $1::text)", 'asyncpg')
+    out['status'] = await c.fetchval('SELECT df.await_instance($1, 30)', instance)
+    # A query timeout makes asyncpg send its CancelRequest (through the proxy).
+    try:
+        await c.fetchval('SELECT pg_sleep(30)', timeout=0.3)
+        out['cancelled'] = False
+    except asyncio.TimeoutError:
+        out['cancelled'] = True
+    out['after'] = await c.fetchval('SELECT 1')
+    await c.close()
+    print(json.dumps(out))
+asyncio.run(main(sys.argv[1]))
+`;
+
+describe('asyncpg (Debian python3-asyncpg)', () => {
+  it('parameters, the backend pid, the DSL error with a parameter (42601 at its position), df.start, cancel on timeout', async () => {
+    await requirePython('asyncpg', 'python3-asyncpg');
+    const dsn = `postgresql://${ROLES.scram.user}:${ROLES.scram.password}@127.0.0.1:${d.port}/${DB}`;
+    const r = await run(PYTHON, ['-c', ASYNCPG_SCRIPT, dsn]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({
+      sum: 42,
+      pid_matches: true,
+      error: '42601',
+      position: String(badStepPosition(`SELECT df.start('${BAD_STEP}', $1::text)`)),
+      status: 'completed',
+      cancelled: true,
+      after: 1,
+    });
+  });
 });
 
 const JDBC_SOURCE = `
