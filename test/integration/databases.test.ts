@@ -25,6 +25,17 @@ const executorConnections = async (db: string): Promise<number> =>
     )
   ).rows[0]!.n;
 
+/** Runs `sql` through the proxy as the test superuser, on a connection of its own. */
+async function throughProxy(sql: string): Promise<void> {
+  const c = new pg.Client(proxy.adminUrl);
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
 /** Uses df in `db` through the proxy (the executor installs the schema and serves it first), then leaves. */
 async function visit(db: string): Promise<void> {
   const c = new pg.Client(dbUrl(proxy.adminUrl, db));
@@ -59,13 +70,7 @@ it('DROP DATABASE through the proxy succeeds on a database the executor serves',
   await admin.query('CREATE DATABASE pgdp_db_drop');
   await visit('pgdp_db_drop');
   expect(await executorConnections('pgdp_db_drop')).toBeGreaterThan(0);
-  const c = new pg.Client(proxy.adminUrl);
-  await c.connect();
-  try {
-    await c.query('DROP DATABASE pgdp_db_drop');
-  } finally {
-    await c.end();
-  }
+  await throughProxy('DROP DATABASE pgdp_db_drop');
   expect((await admin.query(`SELECT count(*)::int AS n FROM pg_database WHERE datname = 'pgdp_db_drop'`)).rows[0].n).toBe(0);
 });
 
@@ -94,13 +99,7 @@ it('a template database where a client uses df gets no df schema and no executor
     async () => (await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'template1'`)).rows[0]!.n === 0,
     'nobody to be connected to template1',
   );
-  const c = new pg.Client(proxy.adminUrl);
-  await c.connect();
-  try {
-    await c.query('CREATE DATABASE pgdp_db_copy');
-  } finally {
-    await c.end();
-  }
+  await throughProxy('CREATE DATABASE pgdp_db_copy');
   const copy = new pg.Client(dbUrl(env().adminUrl, 'pgdp_db_copy'));
   await copy.connect();
   try {
