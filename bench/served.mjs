@@ -17,7 +17,9 @@ export async function servedByProxy(name, extra = []) {
   const server = await EmbeddedPostgres.start({ dataDir: path.join(tmp, 'data'), port: 0, log: pino({ level: 'warn' }), settings: { max_connections: '200' } });
   const proxyPort = await freePort();
   const stepUrl = `postgres://steps@127.0.0.1:${server.port}/postgres?host=${encodeURIComponent(server.socketDir)}`;
-  const proxy = spawn(process.execPath, [CLI, '--upstream', server.url, '--listen', `127.0.0.1:${proxyPort}`, '--admin', 'off', '--log-level', 'warn',
+  // BENCH_NODE_ARGS: extra node flags for the proxy (e.g. --cpu-prof --cpu-prof-dir=DIR to profile it).
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proxy = spawn(process.execPath, [...nodeArgs, CLI, '--upstream', server.url, '--listen', `127.0.0.1:${proxyPort}`, '--admin', 'off', '--log-level', 'warn',
     '--step-url', stepUrl, '--allow-superuser-instances', 'true', '--databases', 'postgres', ...extra], { stdio: ['ignore', 'inherit', 'pipe'] });
   await new Promise((resolve, reject) => {
     let err = '';
@@ -28,7 +30,12 @@ export async function servedByProxy(name, extra = []) {
     proxy.once('exit', (c) => reject(new Error(`proxy exited ${c}: ${err}`)));
   });
   const cleanup = async () => {
-    proxy.kill('SIGKILL');
+    // A graceful stop when profiling (the profile is written at exit); otherwise no waiting.
+    if (nodeArgs.length) {
+      const exited = new Promise((r) => proxy.once('exit', r));
+      proxy.kill('SIGTERM');
+      await exited;
+    } else proxy.kill('SIGKILL');
     await server.stop();
     rmSync(tmp, { recursive: true, force: true });
   };

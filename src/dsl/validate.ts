@@ -63,26 +63,21 @@ export function validate(graph: string, graphAt: number, locate: StepLocator): v
   if (root === null) {
     queries.push(graph);
   } else {
+    // The shape of each node is checked by df.start itself (df._insert_nodes), the one validator
+    // of hand-written graphs, whichever way they arrive; here only what the SQL side cannot see:
+    // each step's SQL. Size limits only bound this walk, in df.start's words.
     let count = 0;
     const walk = (n: Obj, depth: number): void => {
-      if (++count > MAX_NODES) throw new DslError(`the workflow has more than ${MAX_NODES} nodes`, '54000', graphAt);
-      if (depth > MAX_DEPTH) throw new DslError(`the workflow is nested deeper than ${MAX_DEPTH} levels`, '54000', graphAt);
-      if (typeof n.result_name === 'string') {
-        if (!IDENTIFIER.test(n.result_name)) {
-          throw new DslError(`invalid result name '${n.result_name}': a result name is a letter or underscore followed by letters, digits or underscores`, '22023', graphAt);
-        }
-        names.add(n.result_name);
-      }
+      if (++count > MAX_NODES) throw new DslError(`Workflow exceeds maximum node count of ${MAX_NODES}`, '54000', graphAt);
+      if (depth > MAX_DEPTH) throw new DslError(`Workflow exceeds maximum nesting depth of ${MAX_DEPTH}`, '54000', graphAt);
+      if (typeof n.result_name === 'string' && IDENTIFIER.test(n.result_name)) names.add(n.result_name);
       if (n.node_type === 'SQL' && typeof n.query === 'string') queries.push(n.query);
-      if (n.node_type === 'SLEEP' && typeof n.query === 'string' && !/^\d+$/.test(n.query)) {
-        throw new DslError(`invalid sleep duration '${n.query}': expected a non-negative number of seconds`, '22023', graphAt);
-      }
       // Children in the order they are written: condition, then the branches.
       for (const k of ['condition_node', 'left_node', 'right_node']) {
         const c = n[k];
-        if (c && typeof c === 'object') walk(c as Obj, depth + 1);
+        if (c && typeof c === 'object' && !Array.isArray(c)) walk(c as Obj, depth + 1);
       }
-      if (Array.isArray(n.extra_nodes)) for (const e of n.extra_nodes) walk(e as Obj, depth + 1);
+      if (Array.isArray(n.extra_nodes)) for (const e of n.extra_nodes) if (e && typeof e === 'object' && !Array.isArray(e)) walk(e as Obj, depth + 1);
     };
     walk(root, 1);
   }
