@@ -7,7 +7,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
-import { ConfigError, describeSettings, loadConfig, splitHostPort, type Config } from './config.js';
+import { ConfigError, describeSettings, httpPolicy, loadConfig, splitHostPort, type Config } from './config.js';
 import { abandonStarts, CREDENTIALS_FILE, EmbeddedPostgres } from './embedded.js';
 import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
 import { connectionTargets, stepLoginFor } from './engine/targets.js';
@@ -118,6 +118,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
     ...(cfg.dfOwner ? { dfOwner: cfg.dfOwner } : {}),
     allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,
+    http: httpPolicy(cfg),
   });
   await loadDslParser();
   try {

@@ -1,6 +1,7 @@
 // Configuration: flags > PGDP_* environment > config file (JSON) > defaults,
 // validated with zod. An invalid setting is one line naming the setting, where
 // it came from, the value and what is allowed.
+import { DEFAULT_USER_AGENT, parseAllowList, type HttpPolicy } from './http/index.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
@@ -116,6 +117,23 @@ const settings = {
     .max(100_000)
     .default(0)
     .describe('workflow instances of one submitting role the executor runs at once, per database; 0: no cap beyond maxInstances'),
+  httpAllow: z
+    .string()
+    .optional()
+    .describe(
+      'where HTTP steps may go, comma-separated: hosts (api.example.com), domains with their subdomains (.example.com or *.example.com), ' +
+        'IPs and CIDR ranges (203.0.113.0/24), each with an optional :port; * allows every public host. Private, loopback, link-local and ' +
+        'metadata addresses are refused unless listed by IP or range. Unset: no HTTP step may run',
+    ),
+  httpMaxRequestBytes: z.coerce.number().int().min(0).max(1024 * 1024 * 1024).default(1024 * 1024).describe('largest request body an HTTP step may send, in bytes (1 MiB)'),
+  httpMaxResponseBytes: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(256 * 1024 * 1024)
+    .default(10 * 1024 * 1024)
+    .describe('largest response body an HTTP step may receive, in bytes (10 MiB); a larger one fails the step'),
+  httpMaxTimeoutSeconds: z.coerce.number().int().min(1).max(86_400).default(300).describe("longest an HTTP step may take, whatever its timeout_seconds says (300)"),
 } as const;
 
 export type SettingName = keyof typeof settings;
@@ -210,4 +228,22 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config & { h
 export function splitHostPort(v: string): { host: string; port: number } {
   const i = v.lastIndexOf(':');
   return { host: v.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(v.slice(i + 1)) };
+}
+
+/** The HTTP steps' egress policy from the settings; an invalid --http-allow entry is a ConfigError. */
+export function httpPolicy(cfg: Pick<Config, 'httpAllow' | 'httpMaxRequestBytes' | 'httpMaxResponseBytes' | 'httpMaxTimeoutSeconds'>): HttpPolicy {
+  const entries = (cfg.httpAllow ?? '').split(',').map((e) => e.trim()).filter((e) => e !== '');
+  let allow;
+  try {
+    allow = parseAllowList(entries);
+  } catch (err) {
+    throw new ConfigError(`invalid setting httpAllow: ${(err as Error).message}`);
+  }
+  return {
+    allow,
+    maxRequestBytes: cfg.httpMaxRequestBytes,
+    maxResponseBytes: cfg.httpMaxResponseBytes,
+    maxTimeoutMs: cfg.httpMaxTimeoutSeconds * 1000,
+    userAgent: DEFAULT_USER_AGENT,
+  };
 }

@@ -186,6 +186,159 @@ BEGIN
 END
 $$;
 
+-- Waits and HTTP steps: leaf nodes whose query is their configuration as
+-- JSON text. df._config_error checks one (NULL when it is fine); the builders
+-- below and df.start (for hand-written graphs) both use it, so a graph gets
+-- the same errors however it was built. IMMUTABLE like every constructor (so
+-- PostgreSQL folds them in the same order), though the time-zone check reads
+-- PostgreSQL's time-zone list, which changes only with PostgreSQL itself.
+CREATE OR REPLACE FUNCTION df._config_error(node_type text, config text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  c jsonb;
+  v text;
+  shape text := CASE node_type
+    WHEN 'SIGNAL' THEN '{"signal_name": ..., "timeout_seconds": ...}'
+    WHEN 'WAIT_SCHEDULE' THEN '{"cron_expr": ..., "time_zone": ...}'
+    WHEN 'HTTP' THEN '{"url": ..., "method": ..., "body": ..., "headers": ..., "timeout_seconds": ...}'
+    ELSE '{"url": ..., "method": ..., "parts": [...], "headers": ..., "timeout_seconds": ...}' END;
+BEGIN
+  IF node_type NOT IN ('SIGNAL', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART') THEN
+    RETURN NULL;
+  END IF;
+  BEGIN
+    c := config::jsonb;
+  EXCEPTION WHEN others THEN
+    c := NULL;
+  END;
+  IF jsonb_typeof(c) IS DISTINCT FROM 'object' THEN
+    RETURN format('Malformed Durofut JSON: a %s node takes %s, not %s', node_type, shape, config);
+  END IF;
+  IF node_type = 'SIGNAL' THEN
+    IF jsonb_typeof(c -> 'signal_name') IS DISTINCT FROM 'string'
+       OR coalesce(jsonb_typeof(c -> 'timeout_seconds'), 'null') NOT IN ('number', 'null') THEN
+      RETURN format('Malformed Durofut JSON: a SIGNAL node takes %s, not %s', shape, config);
+    ELSIF c ->> 'signal_name' = '' THEN
+      RETURN 'Signal name must not be empty';
+    ELSIF jsonb_typeof(c -> 'timeout_seconds') = 'number'
+          AND ((c ->> 'timeout_seconds')::numeric <= 0 OR (c ->> 'timeout_seconds')::numeric <> trunc((c ->> 'timeout_seconds')::numeric)
+               OR (c ->> 'timeout_seconds')::numeric > 2147483647) THEN
+      RETURN 'Timeout must be positive';
+    END IF;
+  ELSIF node_type = 'WAIT_SCHEDULE' THEN
+    IF jsonb_typeof(c -> 'cron_expr') IS DISTINCT FROM 'string'
+       OR coalesce(jsonb_typeof(c -> 'time_zone'), 'null') NOT IN ('string', 'null') THEN
+      RETURN format('Malformed Durofut JSON: a WAIT_SCHEDULE node takes %s, not %s', shape, config);
+    END IF;
+    v := df._cron_error(c ->> 'cron_expr');
+    IF v IS NOT NULL THEN
+      RETURN format('Invalid cron expression ''%s'': %s', c ->> 'cron_expr', v);
+    END IF;
+    RETURN df._tz_error(c ->> 'time_zone');
+  ELSE
+    IF jsonb_typeof(c -> 'url') IS DISTINCT FROM 'string' OR jsonb_typeof(c -> 'method') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(c -> 'timeout_seconds') IS DISTINCT FROM 'number'
+       OR coalesce(jsonb_typeof(c -> 'headers'), 'null') NOT IN ('object', 'null')
+       OR (node_type = 'HTTP' AND coalesce(jsonb_typeof(c -> 'body'), 'null') NOT IN ('string', 'null')) THEN
+      RETURN format('Malformed Durofut JSON: a %s node takes %s, not %s', node_type, shape, config);
+    END IF;
+    -- A URL with a {variable} is checked when the step runs, once it is substituted.
+    IF position('{' IN c ->> 'url') = 0 AND (c ->> 'url') !~* '^https?://' THEN
+      RETURN format('Blocked: unsupported URL scheme ''%s''. Only http:// and https:// URLs are allowed.',
+                    coalesce(substring(c ->> 'url' FROM '^([A-Za-z][A-Za-z0-9+.-]*):'), c ->> 'url'));
+    END IF;
+    IF node_type = 'HTTP' AND (c ->> 'method') NOT IN ('GET', 'POST', 'PUT', 'DELETE', 'PATCH') THEN
+      RETURN format('Unsupported HTTP method ''%s''. Use GET, POST, PUT, DELETE or PATCH.', c ->> 'method');
+    ELSIF node_type = 'HTTP_MULTIPART' AND (c ->> 'method') NOT IN ('POST', 'PUT', 'PATCH') THEN
+      RETURN format('Unsupported HTTP method ''%s'' for a multipart request. Use POST, PUT or PATCH.', c ->> 'method');
+    END IF;
+    IF (c ->> 'timeout_seconds')::numeric <= 0 OR (c ->> 'timeout_seconds')::numeric <> trunc((c ->> 'timeout_seconds')::numeric)
+       OR (c ->> 'timeout_seconds')::numeric > 2147483647 THEN
+      RETURN 'Timeout must be positive';
+    END IF;
+    IF node_type = 'HTTP_MULTIPART' AND (jsonb_typeof(c -> 'parts') IS DISTINCT FROM 'array' OR jsonb_array_length(c -> 'parts') = 0) THEN
+      RETURN 'parts must be a non-empty JSON array of {"name": ..., "data_b64": ...} objects';
+    END IF;
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- Raises a configuration's error, if it has one, else returns the node.
+CREATE OR REPLACE FUNCTION df._config_node(node_type text, config text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  e text := df._config_error(node_type, config);
+BEGIN
+  IF e IS NOT NULL THEN
+    RAISE EXCEPTION '%', e USING ERRCODE = '22023';
+  END IF;
+  RETURN df._node(node_type, NULL, NULL, NULL, NULL, config, NULL);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.wait_for_signal(name text, timeout_seconds int DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF name IS NULL THEN
+    RAISE EXCEPTION 'Signal name must not be empty' USING ERRCODE = '22023';
+  END IF;
+  RETURN df._config_node('SIGNAL',
+    '{"signal_name":' || to_json(name)::text || ',"timeout_seconds":' || coalesce(timeout_seconds::text, 'null') || '}');
+END
+$$;
+
+-- STRICT on the expression, as in pg_durable; the time zone may be NULL (UTC).
+CREATE OR REPLACE FUNCTION df.wait_for_schedule(cron_expr text, time_zone text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF cron_expr IS NULL THEN
+    RETURN NULL;
+  END IF;
+  RETURN df._config_node('WAIT_SCHEDULE',
+    '{"cron_expr":' || to_json(cron_expr)::text || coalesce(',"time_zone":' || to_json(time_zone)::text, '') || '}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL, headers jsonb DEFAULT NULL,
+                                   timeout_seconds int DEFAULT 30) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF url IS NULL OR url = '' THEN
+    RAISE EXCEPTION 'df.http: url is required' USING ERRCODE = '22023';
+  END IF;
+  RETURN df._config_node('HTTP',
+    '{"url":' || to_json(url)::text || ',"method":' || to_json(upper(coalesce(method, 'POST')))::text
+    || ',"body":' || coalesce(to_json(body)::text, 'null') || ',"headers":' || coalesce(headers::text, 'null')
+    || ',"timeout_seconds":' || coalesce(timeout_seconds, 30)::text || '}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.http_multipart(url text, method text DEFAULT 'POST', parts jsonb DEFAULT NULL, headers jsonb DEFAULT NULL,
+                                             timeout_seconds int DEFAULT 30) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF url IS NULL OR url = '' THEN
+    RAISE EXCEPTION 'df.http_multipart: url is required' USING ERRCODE = '22023';
+  END IF;
+  IF parts IS NULL THEN
+    RAISE EXCEPTION 'parts is required and cannot be NULL' USING ERRCODE = '22023';
+  END IF;
+  RETURN df._config_node('HTTP_MULTIPART',
+    '{"url":' || to_json(url)::text || ',"method":' || to_json(upper(coalesce(method, 'POST')))::text
+    || ',"parts":' || parts::text || ',"headers":' || coalesce(headers::text, 'null')
+    || ',"timeout_seconds":' || coalesce(timeout_seconds, 30)::text || '}');
+END
+$$;
+-- HTTP steps reach outside the database: only roles granted df.grant_usage(role, include_http => true) build them.
+REVOKE EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer), df.http_multipart(text, text, jsonb, jsonb, integer) FROM PUBLIC;
+
 -- Operator bodies.
 CREATE OR REPLACE FUNCTION df.as_op(fut text, name text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp AS $$

@@ -199,6 +199,14 @@ BEGIN
         RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes its condition as a condition_node, not %', q USING ERRCODE = '22023';
       ELSIF t = 'JOIN' AND extra IS NULL AND q IS NOT NULL THEN
         RAISE EXCEPTION 'Malformed Durofut JSON: a JOIN node takes more branches as extra_nodes, not %', q USING ERRCODE = '22023';
+      ELSIF t IN ('SIGNAL', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART') AND df._config_error(t, q) IS NOT NULL THEN
+        RAISE EXCEPTION '%', df._config_error(t, q) USING ERRCODE = '22023';
+      END IF;
+      -- HTTP steps reach outside the database: the role needs df.grant_usage(role, include_http => true).
+      IF t IN ('HTTP', 'HTTP_MULTIPART')
+         AND NOT has_function_privilege(p_submitter::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE') THEN
+        RAISE EXCEPTION 'permission denied: role % may not run HTTP steps', p_submitter USING ERRCODE = '42501',
+          HINT = format('An administrator grants it with SELECT df.grant_usage(%L, include_http => true).', p_submitter::text);
       END IF;
       IF t IN ('THEN', 'RACE') THEN
         q := NULL;
@@ -483,6 +491,54 @@ CREATE OR REPLACE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Canc
 LANGUAGE sql STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
   SELECT df._cancel(df._token(), instance_id, reason)
+$$;
+
+-- A signal is kept (df.signals) until a wait of the instance takes it, and
+-- wakes the instance at once: a parked one waiting for this name becomes
+-- claimable, a running one is told to look.
+CREATE OR REPLACE FUNCTION df._signal(p_token uuid, p_instance text, p_name text, p_data text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me regrole := df._caller(p_token);
+  st text;
+  payload text;
+BEGIN
+  IF p_instance = '' THEN
+    RAISE EXCEPTION 'df.signal: instance_id must not be empty' USING ERRCODE = '22023';
+  END IF;
+  IF p_name = '' THEN
+    RAISE EXCEPTION 'Signal name must not be empty' USING ERRCODE = '22023';
+  END IF;
+  PERFORM FROM df.instances i WHERE i.id = p_instance AND (i.submitted_by = me OR df._is_admin(me));
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'Instance not found or access denied: %', p_instance USING ERRCODE = 'P0002';
+  END IF;
+  -- The run row first, then the instance, as claims, ends and df.cancel lock them.
+  PERFORM FROM df.runs r WHERE r.instance_id = p_instance FOR UPDATE;
+  SELECT i.status INTO st FROM df.instances i WHERE i.id = p_instance;
+  IF st IN ('completed', 'failed', 'cancelled') THEN
+    RAISE EXCEPTION 'Instance % has already finished (%): signal ''%'' was not delivered', p_instance, st, p_name
+      USING ERRCODE = '55000';
+  END IF;
+  BEGIN
+    PERFORM p_data::jsonb;
+    payload := p_data;
+  EXCEPTION WHEN others THEN
+    payload := to_json(p_data)::text; -- not JSON: it arrives as a JSON string
+  END;
+  INSERT INTO df.signals (instance_id, name, data, sent_by) VALUES (p_instance, p_name, payload, me);
+  UPDATE df.runs r SET lease_expires = now()
+   WHERE r.instance_id = p_instance AND r.owner IS NULL AND p_name = ANY (r.awaits);
+  PERFORM pg_notify('df_work', p_instance);
+  RETURN 'OK';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}') RETURNS text
+LANGUAGE sql STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT df._signal(df._token(), instance_id, signal_name, signal_data)
 $$;
 
 CREATE OR REPLACE FUNCTION df._check_limit(limit_count int) RETURNS void LANGUAGE plpgsql STABLE

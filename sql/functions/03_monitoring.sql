@@ -172,6 +172,9 @@ BEGIN
   EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %s%s', r, g);
   EXECUTE format('GRANT INSERT ON df.callers TO %s%s', r, g);
   EXECUTE format('GRANT EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) TO %s%s', r, g);
+  IF include_http THEN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer), df.http_multipart(text, text, jsonb, jsonb, integer) TO %s%s', r, g);
+  END IF;
   IF with_grant THEN
     EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text), df.metrics() TO %s%s', r, g);
   END IF;
@@ -186,6 +189,11 @@ DECLARE
 BEGIN
   EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars, df.callers FROM %s CASCADE', r);
   EXECUTE format('REVOKE EXECUTE ON FUNCTION df._checkpoint(text, text, uuid, text, text) FROM %s CASCADE', r);
+  BEGIN
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer), df.http_multipart(text, text, jsonb, jsonb, integer) FROM %s CASCADE', r);
+  EXCEPTION WHEN insufficient_privilege THEN
+    NULL;
+  END;
   BEGIN
     EXECUTE format('REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean), df.revoke_usage(text), df.metrics() FROM %s CASCADE', r);
   EXCEPTION WHEN insufficient_privilege THEN

@@ -3,6 +3,7 @@
 // functions would build (a property test holds the two together). Values are
 // strings or null, as in SQL: every builder but loop and break is STRICT.
 import { NODE_TYPES } from '../workflow/model.js';
+import { cronError, timeZoneError } from '../schedule/cron.js';
 
 /** A DSL error: SQLSTATE, message, and the byte offset in the statement it points at. */
 export class DslError extends Error {
@@ -163,6 +164,23 @@ export function sleep(seconds: bigint | null, at?: number): T {
   if (seconds === null) return null;
   if (seconds < 0n) throw new DslError('Sleep duration must be non-negative', '22023', at);
   return node('SLEEP', null, null, null, null, seconds.toString(), null);
+}
+
+/** df.wait_for_signal: df._config_error's checks, with df.start's position. */
+export function waitForSignal(name: T, timeoutSeconds: bigint | null, at?: number): string {
+  if (name === null || name === '') throw new DslError('Signal name must not be empty', '22023', at);
+  if (timeoutSeconds !== null && timeoutSeconds <= 0n) throw new DslError('Timeout must be positive', '22023', at);
+  return node('SIGNAL', null, null, null, null, '{"signal_name":' + str(name) + ',"timeout_seconds":' + (timeoutSeconds?.toString() ?? 'null') + '}', null);
+}
+
+/** df.wait_for_schedule: STRICT on the expression; the time zone may be NULL (UTC). */
+export function waitForSchedule(expr: T, timeZone: T, at?: number): T {
+  if (expr === null) return null;
+  const bad = cronError(expr);
+  if (bad !== null) throw new DslError(`Invalid cron expression '${expr}': ${bad}`, '22023', at);
+  const tz = timeZoneError(timeZone);
+  if (tz !== null) throw new DslError(tz, '22023', at);
+  return node('WAIT_SCHEDULE', null, null, null, null, '{"cron_expr":' + str(expr) + (timeZone === null ? '' : ',"time_zone":' + str(timeZone)) + '}', null);
 }
 
 /** `c ?> t`: jsonb_build_object(...)::text, keys in jsonb's order. */

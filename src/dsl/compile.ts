@@ -26,19 +26,21 @@ const SIGNATURES: Record<string, string[]> = {
   loop: ['body', 'condition'],
   break: ['value'],
   sleep: ['seconds'],
+  wait_for_signal: ['name', 'timeout_seconds'],
+  wait_for_schedule: ['cron_expr', 'time_zone'],
 };
-const OPTIONAL: Record<string, number> = { loop: 1, break: 1 };
+const OPTIONAL: Record<string, number> = { loop: 1, break: 1, wait_for_signal: 1, wait_for_schedule: 1 };
 
 /** df functions that are not DSL constructors: evaluated by PostgreSQL, so the expression is left alone. */
 const OTHER_DF = new Set([
   'start', 'status', 'result', 'cancel', 'list_instances', 'instance_nodes', 'instance_info', 'instance_executions', 'metrics',
   'getvar', 'grant_usage', 'revoke_usage', 'version', 'target_database', 'duroxide_schema', 'run',
-  'as_op', 'if_then_op', 'if_else_op', 'loop_prefix_op',
+  'as_op', 'if_then_op', 'if_else_op', 'loop_prefix_op', 'signal', 'explain',
+  // HTTP steps take jsonb arguments (headers, parts): the SQL builders build them, and check the role may.
+  'http', 'http_multipart',
 ]);
 /** df functions whose answer ('OK', a status) is never a step: a call in a workflow is a mistake (pg_durable refuses it too). */
 const NOT_A_STEP = new Set(['setvar', 'unsetvar', 'clearvars', 'await_instance', 'wait_for_completion']);
-/** Parts of pg_durable's language that arrive with a later release. */
-const LATER = new Set(['wait_for_signal', 'signal', 'wait_schedule', 'http', 'http_multipart', 'cron', 'schedule']);
 
 const OPERATORS = new Set(['~>', '|=>', '&', '|', '?>', '!>', '@>']);
 
@@ -121,10 +123,6 @@ function call(f: Ast, steps: StepSources): string | null {
   if (NOT_A_STEP.has(fn)) {
     throw new DslError(`df.${fn}() cannot be used as a workflow step. Call df.${fn}() before df.start().`, '42601', at);
   }
-  if (LATER.has(fn)) {
-    throw new DslError(`df.${fn} is not supported by this version of pg-durable-proxy`, '0A000', at,
-      'Signals, schedules and HTTP steps arrive in a later release.');
-  }
   const params = SIGNATURES[fn];
   if (!params) {
     throw new DslError(`function df.${fn} does not exist`, '42883', at,
@@ -175,6 +173,14 @@ function call(f: Ast, steps: StepSources): string | null {
       if (!v) throw new NotCompilable();
       return B.brk(v.value);
     }
+    case 'wait_for_signal': {
+      const timeout = args[1] === undefined ? null : integerConst(args[1]);
+      // Anything else (an expression, a value past int) is PostgreSQL's to judge.
+      if (timeout === undefined || (timeout !== null && timeout > 2_147_483_647n)) throw new NotCompilable();
+      return B.waitForSignal(text(0), timeout, at);
+    }
+    case 'wait_for_schedule':
+      return B.waitForSchedule(text(0), text(1), at);
     default: {
       const secs = integerConst(args[0]!);
       if (secs === undefined) throw new NotCompilable();

@@ -2,6 +2,7 @@
 // statement first uses df), one worker per database (worker.ts: claims and
 // leases; runner.ts: running one instance), and the step-login check of
 // df.start.
+import type { HttpPolicy } from '../http/index.js';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
@@ -42,6 +43,10 @@ export interface ExecutorOptions {
   databases?: string[];
   /** The role that owns the df schema (the control login is a member of it); default: the control login itself. */
   dfOwner?: string;
+  /** Where HTTP steps may go, and how large and long they may be. */
+  http: HttpPolicy;
+  /** The clock schedules are computed on (ms since the epoch); tests move it. Default Date.now. */
+  clock?: () => number;
 }
 
 export const EXECUTOR_DEFAULTS = {

@@ -2,7 +2,7 @@
 // Rows come from a table users can write to (their own instances), so they
 // are validated with zod and the structure is checked before anything runs.
 import { z } from 'zod';
-import { LIMITS, NODE_STATUSES, NODE_TYPES } from '../workflow/model.js';
+import { CONFIGS, LIMITS, NODE_STATUSES, NODE_TYPES, type HttpConfig, type MultipartConfig } from '../workflow/model.js';
 
 const nodeRow = z.object({
   id: z.string().regex(/^[0-9a-f]{8}$/),
@@ -44,16 +44,14 @@ export type Node =
   | (Base & { type: 'LOOP'; body: Node; condition: Node | undefined })
   | (Base & { type: 'BREAK'; value: string })
   | (Base & { type: 'SLEEP'; seconds: number })
-  // Signals, schedules and HTTP steps arrive with a later release; the graph
-  // keeps them so that an instance holding one fails with a clear message.
-  | (Base & { type: 'WAIT_SCHEDULE' | 'HTTP' | 'HTTP_MULTIPART' | 'SIGNAL'; config: string });
+  | (Base & { type: 'SIGNAL'; signalName: string; timeoutSeconds: number | null })
+  | (Base & { type: 'WAIT_SCHEDULE'; cron: string; timeZone: string | null })
+  | (Base & { type: 'HTTP'; config: HttpConfig })
+  | (Base & { type: 'HTTP_MULTIPART'; config: MultipartConfig });
 
 export class GraphError extends Error {}
 
-const conditionConfig = z.object({ condition_node: z.string() });
-const rowsConfig = z.object({ condition_type: z.literal('result_has_rows'), result_name: z.string() });
-const extraConfig = z.object({ extra_nodes: z.array(z.string()) });
-const breakConfig = z.object({ break_value: z.string().nullable() });
+const { ifCondition: conditionConfig, ifRows: rowsConfig, joinExtra: extraConfig, loopCondition, BREAK: breakConfig } = CONFIGS;
 
 function json(text: string, what: string): unknown {
   try {
@@ -61,6 +59,12 @@ function json(text: string, what: string): unknown {
   } catch {
     throw new GraphError(`${what} is not valid JSON`);
   }
+}
+
+function config<K extends 'SIGNAL' | 'WAIT_SCHEDULE' | 'HTTP' | 'HTTP_MULTIPART'>(type: K, q: string | null, id: string): z.infer<(typeof CONFIGS)[K]> {
+  const parsed = CONFIGS[type].safeParse(json(q ?? 'null', `${type} node ${id} config`));
+  if (!parsed.success) throw new GraphError(`${type} node ${id} has an invalid config: ${parsed.error.issues[0]?.message ?? 'malformed'}`);
+  return parsed.data as z.infer<(typeof CONFIGS)[K]>;
 }
 
 /** Rebuilds the tree under `rootId`; throws GraphError on any inconsistency. */
@@ -116,7 +120,7 @@ export function buildGraph(rows: unknown[], rootId: string): Node {
       case 'LOOP': {
         let condition: Node | undefined;
         if (q !== null) {
-          const cond = conditionConfig.safeParse(json(q, `LOOP node ${id} config`));
+          const cond = loopCondition.safeParse(json(q, `LOOP node ${id} config`));
           if (!cond.success) throw new GraphError(`LOOP node ${id} has an invalid condition config`);
           condition = child(cond.data.condition_node);
         }
@@ -143,8 +147,18 @@ export function buildGraph(rows: unknown[], rootId: string): Node {
         if (q === null || !/^\d+$/.test(q.trim()) || !Number.isSafeInteger(seconds)) throw new GraphError(`SLEEP node ${id} has an invalid duration ${q}`);
         return { ...base, type: 'SLEEP', seconds };
       }
-      default:
-        return { ...base, type: r.node_type, config: q ?? '' };
+      case 'SIGNAL': {
+        const c = config('SIGNAL', q, id);
+        return { ...base, type: 'SIGNAL', signalName: c.signal_name, timeoutSeconds: c.timeout_seconds ?? null };
+      }
+      case 'WAIT_SCHEDULE': {
+        const c = config('WAIT_SCHEDULE', q, id);
+        return { ...base, type: 'WAIT_SCHEDULE', cron: c.cron_expr, timeZone: c.time_zone ?? null };
+      }
+      case 'HTTP':
+        return { ...base, type: 'HTTP', config: config('HTTP', q, id) };
+      case 'HTTP_MULTIPART':
+        return { ...base, type: 'HTTP_MULTIPART', config: config('HTTP_MULTIPART', q, id) };
     }
   };
   return build(rootId, 1, 'instance');

@@ -4,6 +4,7 @@
 import type { Node } from './graph.js';
 import { LIMITS } from '../workflow/model.js';
 import { StepError, substituteResults, substituteVars, truthy } from './substitute.js';
+import { nextTick, parseSchedule, ScheduleError } from '../schedule/cron.js';
 
 export type Outcome =
   | { kind: 'ok'; value: string }
@@ -14,10 +15,16 @@ export type Outcome =
 /** Stops a branch (RACE loser, cancelled instance, lost lease). */
 export class Aborted extends Error {}
 
-/** The instance parks until `wakeAt`: every branch of it waits, nothing of it needs to stay in memory. */
+/**
+ * The instance parks until `wakeAt` (null: no deadline) or a signal named in
+ * `awaits`: every branch of it waits, nothing of it needs to stay in memory.
+ */
 export class Suspended extends Error {
-  constructor(readonly wakeAt: Date) {
-    super(`instance parked until ${wakeAt.toISOString()}`);
+  constructor(
+    readonly wakeAt: Date | null,
+    readonly awaits: readonly string[] = [],
+  ) {
+    super(`instance parked until ${wakeAt ? wakeAt.toISOString() : 'a signal'}`);
   }
 }
 
@@ -32,13 +39,13 @@ export class Suspended extends Error {
  */
 export class Parking {
   private busy = 0;
-  private readonly waits = new Set<{ until: number }>();
+  private readonly waits = new Set<{ until: number; awaits: string | undefined; poke: (() => void) | undefined }>();
   private checking = false;
   private parked = false;
 
   constructor(
     private readonly minMs: number,
-    private readonly suspend: (wakeAt: Date) => void,
+    private readonly suspend: (wakeAt: Date | null, awaits: string[]) => void,
   ) {}
 
   /** Work in flight (a step, a durable write): the instance is not idle meanwhile. */
@@ -52,16 +59,34 @@ export class Parking {
     }
   }
 
-  /** Waits until `until` (ms since the epoch); the instance may park meanwhile. */
-  async wait(until: number, signal: AbortSignal): Promise<void> {
-    const w = { until };
+  /**
+   * Waits until `until` (ms since the epoch; Infinity: no deadline), or, for
+   * a wait on the signal `awaits`, until poke() says one may have arrived.
+   * The instance may park meanwhile.
+   */
+  async wait(until: number, signal: AbortSignal, awaits?: string): Promise<void> {
+    let poked: (() => void) | undefined;
+    const pokedP = awaits === undefined ? undefined : new Promise<void>((r) => (poked = r));
+    const w = { until, awaits, poke: poked };
     this.waits.add(w);
     this.check();
     try {
-      await delay(until - Date.now(), signal);
+      const timer = delay(until - Date.now(), signal);
+      if (pokedP) {
+        timer.catch(() => {}); // the race below sees an abort through the signal check
+        await Promise.race([timer, pokedP]);
+        if (signal.aborted) throw new Aborted();
+      } else {
+        await timer;
+      }
     } finally {
       this.waits.delete(w);
     }
+  }
+
+  /** A signal for this instance may have arrived: its signal waits look again. */
+  poke(): void {
+    for (const w of this.waits) w.poke?.();
   }
 
   private check(): void {
@@ -71,10 +96,14 @@ export class Parking {
       this.checking = false;
       if (this.parked || this.busy > 0 || this.waits.size === 0) return;
       let earliest = Infinity;
-      for (const w of this.waits) earliest = Math.min(earliest, w.until);
+      const awaits = new Set<string>();
+      for (const w of this.waits) {
+        earliest = Math.min(earliest, w.until);
+        if (w.awaits !== undefined) awaits.add(w.awaits);
+      }
       if (earliest - Date.now() < this.minMs) return;
       this.parked = true;
-      this.suspend(new Date(earliest));
+      this.suspend(Number.isFinite(earliest) ? new Date(earliest) : null, [...awaits]);
     });
   }
 }
@@ -92,6 +121,31 @@ export interface Effects {
   setIteration(node: Node, stamp: string, iteration: number): Promise<void>;
   /** Durably records (or reads back) a SLEEP's deadline. */
   sleepDeadline(node: Node, stamp: string, seconds: number): Promise<Date>;
+  /**
+   * Durably records that a wait (signal, schedule) runs in this iteration,
+   * with its deadline `at` unless one is recorded for it already; returns the
+   * deadline in force (null: none).
+   */
+  waitDeadline(node: Node, stamp: string, at: Date | null): Promise<Date | null>;
+  /** Takes the oldest kept signal `name` of the instance and completes the node with it, in one write; its result JSON, or null if none is kept. */
+  takeSignal(node: Node, stamp: string, name: string): Promise<string | null>;
+  /** Durably completes a node with `raw` (a wait that timed out, a schedule's tick). */
+  complete(node: Node, stamp: string, raw: string): Promise<void>;
+  /** Runs an HTTP step and checkpoints its result (at-least-once); returns the response envelope JSON; StepError when it failed. */
+  runHttp(node: Node & { type: 'HTTP' | 'HTTP_MULTIPART' }, request: HttpStepRequest, stamp: string, signal: AbortSignal): Promise<string>;
+  /** The clock schedules are computed on (ms since the epoch): injectable for tests. */
+  now(): number;
+}
+
+/** An HTTP step after substitution: what goes out. */
+export interface HttpStepRequest {
+  url: string;
+  method: string;
+  headers: Record<string, string>;
+  /** HTTP: the body text; multipart: the parts, substituted. */
+  body: string | null;
+  parts: unknown[] | null;
+  timeoutSeconds: number;
 }
 
 export interface InstanceContext {
@@ -233,12 +287,96 @@ async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: bool
       else await delay(deadline.getTime() - Date.now(), scope.signal);
       return { kind: 'ok', value: `{"slept":true,"seconds":${node.seconds}}` };
     }
-    case 'WAIT_SCHEDULE':
-    case 'HTTP':
-    case 'HTTP_MULTIPART':
     case 'SIGNAL':
-      return { kind: 'failed', error: `${node.type} steps are not supported by this version of pg-durable-proxy` };
+      return awaitSignal(node, scope, ctx);
+    case 'WAIT_SCHEDULE': {
+      let at: Date;
+      try {
+        const now = ctx.effects.now();
+        // The tick is computed on the schedule's clock and waited for on this one.
+        at = new Date(Date.now() + (nextTick(parseSchedule(node.cron, node.timeZone), new Date(now)).getTime() - now));
+      } catch (err) {
+        if (err instanceof ScheduleError) return { kind: 'failed', error: err.message };
+        throw err;
+      }
+      const deadline = (await busy(ctx, () => ctx.effects.waitDeadline(node, scope.stamp, at)))!;
+      await waitUntil(ctx, deadline.getTime(), scope.signal);
+      return { kind: 'ok', value: '{"scheduled":true}' };
+    }
+    case 'HTTP':
+    case 'HTTP_MULTIPART': {
+      let request: HttpStepRequest;
+      try {
+        request = httpRequest(node, scope, ctx);
+      } catch (err) {
+        if (err instanceof StepError) return { kind: 'failed', error: err.message };
+        throw err;
+      }
+      try {
+        return { kind: 'ok', value: await busy(ctx, () => ctx.effects.runHttp(node, request, scope.stamp, scope.signal)) };
+      } catch (err) {
+        if (err instanceof Aborted || scope.signal.aborted) throw new Aborted();
+        if (err instanceof StepError) return { kind: 'failed', error: err.message };
+        throw err;
+      }
+    }
   }
+}
+
+function waitUntil(ctx: InstanceContext, until: number, signal: AbortSignal): Promise<void> {
+  return ctx.parking ? ctx.parking.wait(until, signal) : delay(until - Date.now(), signal);
+}
+
+/**
+ * A signal wait: takes a kept signal of its name as soon as there is one
+ * (sent before the wait began, or while it waits), or ends timed out at its
+ * deadline. Signals poke the wait; a parked instance is re-claimed for one.
+ */
+async function awaitSignal(node: Node & { type: 'SIGNAL' }, scope: Scope, ctx: InstanceContext): Promise<Outcome> {
+  const name = node.signalName;
+  const at = node.timeoutSeconds === null ? null : new Date(Date.now() + node.timeoutSeconds * 1000);
+  const deadline = await busy(ctx, () => ctx.effects.waitDeadline(node, scope.stamp, at));
+  for (;;) {
+    const got = await busy(ctx, () => ctx.effects.takeSignal(node, scope.stamp, name));
+    if (got !== null) return { kind: 'ok', value: got };
+    if (deadline !== null && Date.now() >= deadline.getTime()) {
+      const raw = `{"signal_name":${JSON.stringify(name)},"timed_out":true,"data":null}`;
+      await busy(ctx, () => ctx.effects.complete(node, scope.stamp, raw));
+      return { kind: 'ok', value: raw };
+    }
+    const until = deadline?.getTime() ?? Infinity;
+    // Without parking (no worker around it) a poll stands in for the pokes.
+    if (ctx.parking) await ctx.parking.wait(until, scope.signal, name);
+    else await delay(Math.min(until - Date.now(), 1000), scope.signal);
+  }
+}
+
+/** An HTTP node's request with variables and results substituted (raw: nothing is quoted). */
+function httpRequest(node: Node & { type: 'HTTP' | 'HTTP_MULTIPART' }, scope: Scope, ctx: InstanceContext): HttpStepRequest {
+  const sub = (text: string): string =>
+    substituteResults(substituteVars(text, ctx.vars, { instanceId: ctx.instanceId, label: ctx.label }), scope.results, 'raw');
+  const c = node.config;
+  const headers: Record<string, string> = {};
+  // Only string-valued headers are sent, as in pg_durable; keys are not substituted.
+  for (const [k, v] of Object.entries(c.headers ?? {})) if (typeof v === 'string') headers[k] = sub(v);
+  if (node.type === 'HTTP') {
+    return { url: sub(c.url), method: c.method, headers, body: node.config.body == null ? null : sub(node.config.body), parts: null, timeoutSeconds: c.timeout_seconds };
+  }
+  const parts = node.config.parts.map((p, i) => {
+    if (typeof p !== 'object' || p === null || Array.isArray(p)) return p;
+    const part = { ...(p as Record<string, unknown>) };
+    for (const k of ['name', 'filename']) if (typeof part[k] === 'string') part[k] = sub(part[k] as string);
+    if (typeof part.data_b64 === 'string') {
+      const d = part.data_b64;
+      // Base64 data takes a value only whole: one reference and nothing else.
+      if (/^(\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\})$/.test(d.trim())) part.data_b64 = sub(d.trim());
+      else if (/[$\{]/.test(d)) {
+        throw new StepError(`df.http_multipart: part ${i + 1}'s data_b64 mixes a variable reference with other text; use exactly one reference ($name or {var}) or plain base64`);
+      }
+    }
+    return part;
+  });
+  return { url: sub(c.url), method: c.method, headers, body: null, parts, timeoutSeconds: c.timeout_seconds };
 }
 
 /** Both branches run; the first to finish wins, success or failure; the loser is stopped. */

@@ -7,7 +7,8 @@ import type { Logger } from 'pino';
 import type { ExecutorOptions } from './executor.js';
 import { buildGraph, GraphError, type Node } from './graph.js';
 import { Aborted, delay, Parking, runInstance, Suspended, type Effects } from './interpreter.js';
-import { cutReason, limitStepResults, releaseClean, runSqlStep, stepErrorText } from './steps.js';
+import { cutReason, limitStepResults, releaseClean, runSqlStep, stepErrorText } from './steps/sql.js';
+import { idempotencyKey, runHttpStep } from './steps/http.js';
 import { cannotLogIn, loginRefusal } from './credentials.js';
 import { LostRun, type InstanceRow, type Loaded, type Store } from './store.js';
 import { StepError } from './substitute.js';
@@ -32,6 +33,8 @@ export interface Held {
   abort: AbortController;
   /** The submitting role's oid, for the per-role cap and fair claiming. */
   submitter: string;
+  /** Tells the instance's signal waits that a signal may have arrived (set while it runs). */
+  poke?: () => void;
 }
 
 /** A step connection that keeps the server's reported settings (ParameterStatus), as they change. */
@@ -87,7 +90,7 @@ export class InstanceRunner {
         return;
       } catch (err) {
         if (signal.reason instanceof Suspended) {
-          await this.park(id, signal.reason.wakeAt);
+          await this.park(id, signal.reason.wakeAt, signal.reason.awaits);
           return;
         }
         if (err instanceof Aborted || err instanceof LostRun || signal.aborted) return;
@@ -110,11 +113,11 @@ export class InstanceRunner {
    * here (no memory, no slot). The claim when it is due replays it from its
    * checkpoints; its sleeps' deadlines are durable.
    */
-  private async park(id: string, wakeAt: Date): Promise<void> {
+  private async park(id: string, wakeAt: Date | null, awaits: readonly string[]): Promise<void> {
     try {
       await this.store.flush();
-      await this.store.park(id, wakeAt);
-      this.parked(wakeAt);
+      await this.store.park(id, wakeAt, awaits);
+      if (wakeAt) this.parked(wakeAt);
     } catch (err) {
       if (err instanceof LostRun) return; // cancelled or taken over meanwhile: nothing to park
       // The lease runs out instead, and a claim resumes it then.
@@ -163,7 +166,8 @@ export class InstanceRunner {
     const vars: Record<string, string> = {};
     for (const [k, v] of Object.entries(instance.vars)) vars[k] = v ?? '';
     const held = this.held.get(id);
-    const parking = held ? new Parking(PARK_MIN_MS, (wakeAt) => held.abort.abort(new Suspended(wakeAt))) : undefined;
+    const parking = held ? new Parking(PARK_MIN_MS, (wakeAt, awaits) => held.abort.abort(new Suspended(wakeAt, awaits))) : undefined;
+    if (held) held.poke = () => parking?.poke();
     const outcome = await runInstance(root, { instanceId: id, label: instance.label ?? '', vars, effects: this.effects(instance, signal), parking }, signal);
     if (signal.aborted) throw new Aborted();
     const ended =
@@ -222,6 +226,19 @@ export class InstanceRunner {
       record: (node, status, stamp, raw) => store.record({ instanceId: id, nodeId: node.id, status, stamp, raw }),
       setIteration: (node, stamp, iteration) => store.setIteration(id, node.id, stamp, iteration).catch(lost),
       sleepDeadline: (node, stamp, seconds) => store.sleepDeadline(id, node.id, stamp, seconds).catch(lost),
+      waitDeadline: (node, stamp, at) => store.waitDeadline(id, node.id, stamp, at).catch(lost),
+      takeSignal: (node, stamp, name) => store.takeSignal(id, node.id, stamp, name),
+      complete: (node, stamp, raw) => store.complete(id, node.id, stamp, raw).catch(lost),
+      runHttp: async (node, request, stamp, signal) => {
+        // Checked again when the step runs: df.revoke_usage since the start stops it.
+        if (!(await store.mayUseHttp(instance.submitter))) {
+          throw new StepError(`permission denied: role "${instance.role}" may not run HTTP steps (df.grant_usage(role, include_http => true))`);
+        }
+        const raw = await runHttpStep(request, idempotencyKey(id, node.id, stamp), this.opts.http, signal);
+        await store.complete(id, node.id, stamp, raw).catch(lost);
+        return raw;
+      },
+      now: this.opts.clock ?? Date.now,
     };
   }
 

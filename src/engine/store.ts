@@ -227,15 +227,30 @@ export class Store {
   }
 
   /** Hands a run back, claimable by anyone from `wakeAt` on (a parked instance). */
-  async park(id: string, wakeAt: Date): Promise<void> {
-    await this.fenced(`UPDATE df.runs SET owner = NULL, lease_expires = $3 WHERE instance_id = $1 AND owner = $2`, [id, this.owner, wakeAt]);
+  async park(id: string, wakeAt: Date | null, awaits: readonly string[] = []): Promise<void> {
+    await this.fenced(`UPDATE df.runs SET owner = NULL, lease_expires = $3, awaits = $4 WHERE instance_id = $1 AND owner = $2`, [
+      id,
+      this.owner,
+      wakeAt ?? 'infinity',
+      awaits,
+    ]);
+    // A signal df.signal sent while the instance was still held did not make it claimable:
+    // looked for after the park (a new snapshot), so none sent before it is missed.
+    if (awaits.length > 0) {
+      await this.pool.query(
+        `UPDATE df.runs r SET lease_expires = now()
+          WHERE r.instance_id = $1 AND r.owner IS NULL
+            AND EXISTS (SELECT FROM df.signals s WHERE s.instance_id = $1 AND s.name = ANY ($2) AND s.taken_at IS NULL)`,
+        [id, awaits],
+      );
+    }
   }
 
   /** When the next run nobody holds becomes claimable (parked, or handed back with a delay); null if none. */
   async nextDue(): Promise<Date | null> {
     const { rows } = await this.pool.query<{ at: Date | null }>({
       name: 'pgdp_next_due',
-      text: `SELECT min(lease_expires) AS at FROM df.runs WHERE owner IS NULL AND lease_expires > now()`,
+      text: `SELECT min(lease_expires) AS at FROM df.runs WHERE owner IS NULL AND lease_expires > now() AND lease_expires < 'infinity'`,
     });
     return rows[0]?.at ?? null;
   }
@@ -312,6 +327,65 @@ export class Store {
       [instanceId, this.owner, nodeId, stamp, seconds],
     );
     return rows[0]!.wake_at;
+  }
+
+  /** A wait's deadline: the one recorded for this iteration, or `at` (null: none). */
+  async waitDeadline(instanceId: string, nodeId: string, stamp: string, at: Date | null): Promise<Date | null> {
+    const { rows } = await this.fenced<{ wake_at: Date | null }>(
+      `UPDATE df.nodes SET status = 'running', stamp = $4, updated_at = now(), result = NULL, raw_result = NULL,
+              wake_at = CASE WHEN stamp IS NOT DISTINCT FROM $4 AND wake_at IS NOT NULL THEN wake_at ELSE $5::timestamptz END
+        WHERE instance_id = $1 AND id = $3 AND ${HELD} RETURNING wake_at`,
+      [instanceId, this.owner, nodeId, stamp, at],
+    );
+    return rows[0]!.wake_at;
+  }
+
+  /**
+   * Takes the oldest kept signal `name` of the instance for a SIGNAL node and
+   * completes the node with it, in one statement: a signal is delivered once.
+   * Its result JSON, or null when none is kept.
+   */
+  async takeSignal(instanceId: string, nodeId: string, stamp: string, name: string): Promise<string | null> {
+    const { rows } = await this.pool.query<{ raw: string }>({
+      name: 'pgdp_take_signal',
+      text: `WITH took AS (
+               UPDATE df.signals s SET taken_by = $3, taken_stamp = $4, taken_at = now()
+                WHERE s.id = (SELECT k.id FROM df.signals k
+                               WHERE k.instance_id = $1 AND k.name = $5 AND k.taken_at IS NULL
+                                 AND EXISTS (SELECT FROM df.runs r WHERE r.instance_id = $1 AND r.owner = $2)
+                               ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                RETURNING s.data),
+             delivered AS (
+               SELECT '{"signal_name":' || to_json($5::text)::text || ',"timed_out":false,"data":' || t.data || '}' AS raw FROM took t),
+             done AS (
+               UPDATE df.nodes n SET status = 'completed', stamp = $4, updated_at = now(), wake_at = NULL,
+                      raw_result = d.raw, result = d.raw::jsonb
+                 FROM delivered d
+                WHERE n.instance_id = $1 AND n.id = $3
+                RETURNING d.raw)
+             SELECT raw FROM done`,
+      values: [instanceId, this.owner, nodeId, stamp, name],
+    });
+    return rows[0]?.raw ?? null;
+  }
+
+  /** Completes a node now, durably (a wait's end, an HTTP step's result). */
+  async complete(instanceId: string, nodeId: string, stamp: string, raw: string): Promise<void> {
+    await this.fenced(
+      `UPDATE df.nodes SET status = 'completed', stamp = $4, result = $5::jsonb, raw_result = $5, wake_at = NULL, updated_at = now()
+        WHERE instance_id = $1 AND id = $3 AND ${HELD}`,
+      [instanceId, this.owner, nodeId, stamp, raw],
+    );
+  }
+
+  /** Whether the role may run HTTP steps (EXECUTE on df.http, as df.grant_usage(role, include_http => true) gives). */
+  async mayUseHttp(roleOid: string): Promise<boolean> {
+    const { rows } = await this.pool.query<{ ok: boolean }>({
+      name: 'pgdp_may_http',
+      text: `SELECT has_function_privilege($1::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE') AS ok`,
+      values: [roleOid],
+    });
+    return rows[0]?.ok === true;
   }
 
   /** A checkpoint for a step that could not share its transaction. */

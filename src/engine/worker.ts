@@ -9,7 +9,7 @@ import { Aborted } from './interpreter.js';
 import { InstanceRunner, type Held } from './runner.js';
 import { install } from '../schema/install.js';
 import { loadParser } from './statement-kind.js';
-import { limitStepResults } from './steps.js';
+import { limitStepResults } from './steps/sql.js';
 import { LostRun, Store, type Loaded } from './store.js';
 import { VERSION } from '../version.js';
 
@@ -127,7 +127,11 @@ export class DatabaseWorker {
     const client = new pg.Client(this.opts.control(this.database));
     // Any role may NOTIFY these channels: a notification is a hint to look, never an order.
     client.on('notification', (n) => {
-      if (n.channel === 'df_work') this.wake();
+      if (n.channel === 'df_work') {
+        this.wake();
+        // A signal for an instance this worker runs: its waits look for it (a hint; they re-read).
+        if (n.payload) this.held.get(n.payload)?.poke?.();
+      }
       else if (n.channel === 'df_cancel' && n.payload && this.held.has(n.payload)) this.cancelHint(n.payload);
     });
     let reconnecting = false;

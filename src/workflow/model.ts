@@ -2,6 +2,7 @@
 // pg_durable has them. The compiler (dsl/) and the executor (engine/) take
 // them from here; the df schema (sql/) keeps its own copies in SQL, which a
 // test holds to these (test/integration/schema.test.ts).
+import { z } from 'zod';
 
 export const NODE_TYPES = ['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL'] as const;
 export type NodeType = (typeof NODE_TYPES)[number];
@@ -30,3 +31,33 @@ export const LIMITS = {
   /** Rows a `$name.*` reference expands to. */
   expandedRows: 10_000,
 } as const;
+
+/**
+ * The configuration a node keeps in its `query` column (JSON text), per node
+ * type, as df.start writes it (sql/functions: df._config_error checks the
+ * same shapes when a graph is submitted). The executor reads them back with
+ * these schemas: the rows are in a table users write to.
+ */
+export const HTTP_METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'] as const;
+export const MULTIPART_METHODS = ['POST', 'PUT', 'PATCH'] as const;
+const seconds = z.number().int().positive().max(2_147_483_647);
+const headers = z.record(z.string(), z.unknown()).nullable().optional();
+export const CONFIGS = {
+  ifCondition: z.object({ condition_node: z.string() }),
+  ifRows: z.object({ condition_type: z.literal('result_has_rows'), result_name: z.string() }),
+  joinExtra: z.object({ extra_nodes: z.array(z.string()) }),
+  loopCondition: z.object({ condition_node: z.string() }),
+  BREAK: z.object({ break_value: z.string().nullable() }),
+  SIGNAL: z.object({ signal_name: z.string().min(1), timeout_seconds: seconds.nullable().optional() }),
+  WAIT_SCHEDULE: z.object({ cron_expr: z.string(), time_zone: z.string().nullable().optional() }),
+  HTTP: z.object({ url: z.string().min(1), method: z.enum(HTTP_METHODS), body: z.string().nullable().optional(), headers, timeout_seconds: seconds }),
+  HTTP_MULTIPART: z.object({
+    url: z.string().min(1),
+    method: z.enum(MULTIPART_METHODS),
+    parts: z.array(z.unknown()).min(1),
+    headers,
+    timeout_seconds: seconds,
+  }),
+} as const;
+export type HttpConfig = z.infer<(typeof CONFIGS)['HTTP']>;
+export type MultipartConfig = z.infer<(typeof CONFIGS)['HTTP_MULTIPART']>;

@@ -1,5 +1,6 @@
 // A proxy with its executor against its own database of the test PostgreSQL,
 // so that test files running in parallel never share workflows.
+import { httpPolicy } from '../../src/config.js';
 import { execFileSync } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -85,6 +86,8 @@ export function executorOptions(database: string, over: Partial<ExecutorOptions>
     // As the command defaults: allowed on the embedded sandbox, refused on a managed service.
     allowSuperuserInstances: e.mode === 'embedded',
     databases: [database],
+    // No HTTP step may go anywhere unless a test allows it.
+    http: httpPolicy({ httpAllow: undefined, httpMaxRequestBytes: 1024 * 1024, httpMaxResponseBytes: 10 * 1024 * 1024, httpMaxTimeoutSeconds: 300 }),
     ...over,
   };
 }

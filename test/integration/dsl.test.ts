@@ -38,6 +38,11 @@ function randomExpr(rand: () => number, depth: number): string {
       `df.break('{"k": 1}')`,
       `df.sql('SELECT ''é'' AS "q""uote"')`,
       `'{"node_type":"SQL","query":"SELECT 7"}'`,
+      `df.wait_for_signal('approve')`,
+      `df.wait_for_signal('go', ${pick([1, 3600, 0, -5])})`,
+      `df.wait_for_signal('')`,
+      `df.wait_for_schedule('${pick(['0 2 * * *', '*/15 * * * 1-5', '@daily', '0 0 * * MON', '61 * * * *', '* * * *', '0 9 * * 8'])}')`,
+      `df.wait_for_schedule('0 2 * * *', '${pick(['Europe/Paris', 'UTC', 'America/New_York', 'Mars/Olympus'])}')`,
     ]);
   if (depth <= 0 || rand() < 0.25) return leaf();
   const sub = (): string => randomExpr(rand, depth - 1);
@@ -105,6 +110,10 @@ describe('one graph format, two builders', () => {
       `df.loop('a', NULL)`,
       `df.seq('a', NULL)`,
       `df.break(NULL)`,
+      `df.wait_for_schedule(NULL)`,
+      `df.wait_for_signal('a', NULL)`,
+      `df.wait_for_signal(name => 'n', timeout_seconds => 5)`,
+      `df.wait_for_schedule('0 2 * * *', NULL)`,
       // A built node knows whether it has a name without being parsed: only its own, not a child's or a query's text.
       `(('SELECT 1' |=> 'a') ~> 'SELECT 2') |=> 'b'`,
       `('SELECT ''","result_name":"z"}''' |=> 'a') |=> 'b'`,

@@ -4,7 +4,7 @@
 import { loadModule } from 'libpg-query';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Node, NodeState } from '../../src/engine/graph.js';
-import { Aborted, Parking, runInstance, Suspended, type Effects } from '../../src/engine/interpreter.js';
+import { Aborted, Parking, runInstance, Suspended, type Effects, type HttpStepRequest } from '../../src/engine/interpreter.js';
 
 let seq = 0;
 const fresh = (): NodeState => ({ status: 'pending', stamp: null, iteration: null, raw: null, wakeAt: null });
@@ -23,6 +23,11 @@ function fake(answer: (sql: string, signal: AbortSignal) => Promise<string> | st
   const ran: string[] = [];
   const recorded: { id: string; status: string; stamp: string }[] = [];
   const deadlines = new Map<string, Date>();
+  /** Kept signals by name (their data JSON), taken oldest first. */
+  const signals = new Map<string, string[]>();
+  const completed: { id: string; stamp: string; raw: string }[] = [];
+  const requests: HttpStepRequest[] = [];
+  const clock = { now: Date.now() };
   const effects: Effects = {
     runSql: async (_node, text, _stamp, signal) => {
       ran.push(text);
@@ -35,8 +40,23 @@ function fake(answer: (sql: string, signal: AbortSignal) => Promise<string> | st
       if (!deadlines.has(key)) deadlines.set(key, new Date(Date.now() + seconds * 1000));
       return deadlines.get(key)!;
     },
+    waitDeadline: async (node, stamp, at) => {
+      const key = `${node.id}${stamp}`;
+      if (!deadlines.has(key) && at) deadlines.set(key, at);
+      return deadlines.get(key) ?? null;
+    },
+    takeSignal: async (_node, _stamp, name) => {
+      const d = signals.get(name)?.shift();
+      return d === undefined ? null : `{"signal_name":${JSON.stringify(name)},"timed_out":false,"data":${d}}`;
+    },
+    complete: async (node, stamp, raw) => void completed.push({ id: node.id, stamp, raw }),
+    runHttp: async (_node, request) => {
+      requests.push(request);
+      return '{"status":200,"body":"ok","encoding":"text","headers":{},"ok":true,"duration_ms":1}';
+    },
+    now: () => clock.now,
   };
-  return { effects, ran, recorded, deadlines };
+  return { effects, ran, recorded, deadlines, signals, completed, requests, clock };
 }
 
 const ctx = (effects: Effects, parking?: Parking) => ({ instanceId: 'abcd0123', label: 'lbl', vars: { v: 'x' }, effects, parking });
@@ -120,7 +140,7 @@ describe('parking', () => {
   it('a sleep past the threshold, with nothing else running, parks the instance at its deadline', async () => {
     const f = fake();
     const abort = new AbortController();
-    let parkedAt: Date | undefined;
+    let parkedAt: Date | null | undefined;
     const parking = new Parking(100, (at) => {
       parkedAt = at;
       abort.abort(new Suspended(at));
@@ -148,7 +168,7 @@ describe('parking', () => {
       return rows({ step: 1 });
     });
     const abort = new AbortController();
-    const parks: Date[] = [];
+    const parks: (Date | null)[] = [];
     const parking = new Parking(100, (at) => {
       parks.push(at);
       abort.abort(new Suspended(at));
@@ -162,5 +182,131 @@ describe('parking', () => {
     await expect(running).rejects.toBeInstanceOf(Aborted);
     expect(parks).toHaveLength(1);
     expect(f.ran).toEqual(['long step']);
+  });
+});
+
+const signalNode = (name: string, timeoutSeconds: number | null = null, resultName?: string): Node => ({
+  ...base(resultName),
+  type: 'SIGNAL',
+  signalName: name,
+  timeoutSeconds,
+});
+const schedule = (cron: string, timeZone: string | null = null): Node => ({ ...base(), type: 'WAIT_SCHEDULE', cron, timeZone });
+
+describe('signal waits', () => {
+  it('a signal kept before the wait is taken at once; its result is usable by name', async () => {
+    const f = fake((q) => rows({ got: q }));
+    f.signals.set('approve', ['{"by": "ann"}']);
+    const out = await runInstance(then(signalNode('approve', null, 's'), sql('SELECT $s.data')), ctx(f.effects), never);
+    expect(f.ran).toEqual([`SELECT '{"by":"ann"}'`]);
+    expect(out.kind).toBe('ok');
+  });
+
+  it('a wait with nothing kept parks the instance with no deadline, awaiting its signal name', async () => {
+    const f = fake();
+    const abort = new AbortController();
+    let parked: { at: Date | null; awaits: string[] } | undefined;
+    const parking = new Parking(100, (at, awaits) => {
+      parked = { at, awaits };
+      abort.abort(new Suspended(at, awaits));
+    });
+    await expect(runInstance(signalNode('go'), ctx(f.effects, parking), abort.signal)).rejects.toBeInstanceOf(Aborted);
+    expect(parked).toEqual({ at: null, awaits: ['go'] });
+  });
+
+  it('a signal arriving while the wait is in memory is taken when the wait is poked', async () => {
+    const f = fake();
+    const parking = new Parking(60_000, () => {
+      throw new Error('must not park');
+    });
+    const running = runInstance(signalNode('go', 1000), ctx(f.effects, parking), never);
+    while (f.deadlines.size === 0) await turn();
+    await turn();
+    f.signals.set('go', ['42']);
+    parking.poke();
+    expect(await running).toEqual({ kind: 'ok', value: '{"signal_name":"go","timed_out":false,"data":42}' });
+  });
+
+  it('a wait past its deadline ends timed out, durably, and parks until the deadline otherwise', async () => {
+    const f = fake();
+    const node = signalNode('late', 1);
+    // Replayed after its deadline: the recorded deadline is in the past.
+    f.deadlines.set(`${node.id}`, new Date(Date.now() - 10));
+    const out = await runInstance(node, ctx(f.effects), never);
+    const raw = '{"signal_name":"late","timed_out":true,"data":null}';
+    expect(out).toEqual({ kind: 'ok', value: raw });
+    expect(f.completed).toEqual([{ id: node.id, stamp: '', raw }]);
+  });
+
+  it('two same-named waits in a JOIN each take their own signal, oldest first', async () => {
+    const f = fake();
+    f.signals.set('go', ['1', '2']);
+    const out = await runInstance(join(signalNode('go'), signalNode('go')), ctx(f.effects), never);
+    expect(out).toEqual({
+      kind: 'ok',
+      value: '[{"signal_name":"go","timed_out":false,"data":1},{"signal_name":"go","timed_out":false,"data":2}]',
+    });
+  });
+});
+
+describe('schedule waits', () => {
+  it('waits for the next tick of the schedule clock, measured on the wall clock', async () => {
+    const f = fake();
+    // The schedule's clock stands 30 s before 02:00 UTC.
+    f.clock.now = Date.parse('2026-03-01T01:59:30Z');
+    const node = schedule('0 2 * * *');
+    const abort = new AbortController();
+    let parkedAt: Date | null | undefined;
+    const parking = new Parking(1000, (at) => {
+      parkedAt = at;
+      abort.abort(new Suspended(at));
+    });
+    const before = Date.now();
+    await expect(runInstance(node, ctx(f.effects, parking), abort.signal)).rejects.toBeInstanceOf(Aborted);
+    const wait = parkedAt!.getTime() - before;
+    expect(wait).toBeGreaterThan(29_000);
+    expect(wait).toBeLessThanOrEqual(30_000 + 50);
+  });
+
+  it('a tick already due completes with pg_durable\'s result', async () => {
+    const f = fake();
+    const node = schedule('* * * * *');
+    f.deadlines.set(node.id, new Date(Date.now() - 1));
+    expect(await runInstance(node, ctx(f.effects), never)).toEqual({ kind: 'ok', value: '{"scheduled":true}' });
+  });
+
+  it('a time zone the runtime does not know fails the node with the schedule error', async () => {
+    const f = fake();
+    const out = await runInstance(schedule('0 2 * * *', 'Mars/Olympus'), ctx(f.effects), never);
+    expect(out.kind).toBe('failed');
+    expect((out as { error: string }).error).toMatch(/^Invalid time zone 'Mars\/Olympus'/);
+  });
+});
+
+describe('HTTP steps', () => {
+  const http = (config: Record<string, unknown>): Node =>
+    ({ ...base(), type: 'HTTP', config: { method: 'POST', body: null, headers: null, timeout_seconds: 30, ...config } }) as Node;
+
+  it('substitutes variables and results raw into URL, body and string header values; keys and other values are left', async () => {
+    const f = fake(() => rows({ id: 7, name: 'a"b' }));
+    await runInstance(
+      then(sql('SELECT 7 AS id', 'u'), http({ url: 'https://api.test/u/$u.id/q?x={v}', body: '{"n":"$u.name"}', headers: { 'X-{v}': 'k {v}', N: 5 } })),
+      ctx(f.effects),
+      never,
+    );
+    expect(f.requests).toEqual([
+      { url: 'https://api.test/u/7/q?x=x', method: 'POST', headers: { 'X-{v}': 'k x' }, body: '{"n":"a"b"}', parts: null, timeoutSeconds: 30 },
+    ]);
+  });
+
+  it('a multipart part takes a whole reference as its data; a reference mixed with text fails the node', async () => {
+    const f = fake(() => rows({ b: 'aGk=' }));
+    const mp = (data: string): Node =>
+      ({ ...base(), type: 'HTTP_MULTIPART', config: { url: 'https://api.test', method: 'POST', parts: [{ name: 'f-{v}', data_b64: data }], headers: null, timeout_seconds: 5 } }) as Node;
+    await runInstance(then(sql('SELECT 1', 'r'), mp('$r.b')), ctx(f.effects), never);
+    expect(f.requests[0]!.parts).toEqual([{ name: 'f-x', data_b64: 'aGk=' }]);
+    const out = await runInstance(then(sql('SELECT 1', 'r'), mp('xx$r.b')), ctx(f.effects), never);
+    expect(out.kind).toBe('failed');
+    expect((out as { error: string }).error).toMatch(/part 1's data_b64 mixes a variable reference with other text/);
   });
 });

@@ -3,7 +3,7 @@
 import { PassThrough } from 'node:stream';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { cutReason, limitStepResults } from '../../src/engine/steps.js';
+import { cutReason, limitStepResults } from '../../src/engine/steps/sql.js';
 
 function message(type: string, body: number): Buffer {
   const b = Buffer.alloc(5 + body, 0x61);

@@ -8,10 +8,10 @@
 import type { Duplex } from 'node:stream';
 import type pg from 'pg';
 import { serialize } from 'pg-protocol';
-import { Aborted } from './interpreter.js';
-import { ResultTooLarge, resultJson } from './results.js';
-import { stepKind } from './statement-kind.js';
-import { StepError } from './substitute.js';
+import { Aborted } from '../interpreter.js';
+import { ResultTooLarge, resultJson } from '../results.js';
+import { stepKind } from '../statement-kind.js';
+import { StepError } from '../substitute.js';
 
 /** Connection-level failures: the step did not fail, the executor lost its way to the database. */
 export function isInfrastructureError(err: unknown): boolean {
