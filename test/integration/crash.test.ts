@@ -1,6 +1,8 @@
 // Durability with real processes: proxies killed with SIGKILL, PostgreSQL
 // stopped with `-m immediate`. Each proxy is the built command, as users run it.
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -27,7 +29,7 @@ afterEach(async () => {
  * in over `socketDir` (trust), or in managed mode as the README says, with
  * the executor's own login and a step password file.
  */
-async function proxy(serverUrl: string, database: string, socketDir: string | undefined): Promise<CliProcess> {
+async function proxy(serverUrl: string, database: string, socketDir: string | undefined, extra: string[] = []): Promise<CliProcess> {
   const u = new URL(serverUrl);
   const e = env();
   const steps =
@@ -36,7 +38,7 @@ async function proxy(serverUrl: string, database: string, socketDir: string | un
       : ['--executor-url', dbUrl(e.executorUrl, database), '--step-passfile', e.passfile];
   const p = runCli([
     '--upstream', dbUrl(serverUrl, database), '--listen', '127.0.0.1:0', '--admin', 'off', '--log-level', 'warn',
-    '--databases', database, '--lease-timeout', '2', ...steps,
+    '--databases', database, '--lease-timeout', '2', ...steps, ...extra,
   ]);
   running.push(p);
   await p.ready;
@@ -60,10 +62,10 @@ const chain = (n: number, step: (i: number) => string): string =>
   Array.from({ length: n }, (_, i) => `'${step(i + 1).replaceAll("'", "''")}'`).join(' ~> ');
 
 /** A fresh database of the test server, served by a proxy command, and a direct client to it. */
-async function freshlyServed(database: string): Promise<{ proxy: CliProcess; db: pg.Client; anotherProxy: () => Promise<CliProcess> }> {
+async function freshlyServed(database: string, extra: string[] = []): Promise<{ proxy: CliProcess; db: pg.Client; anotherProxy: () => Promise<CliProcess> }> {
   const e = env();
   await freshDatabase(database);
-  const anotherProxy = (): Promise<CliProcess> => proxy(e.adminUrl, database, e.socketDir);
+  const anotherProxy = (): Promise<CliProcess> => proxy(e.adminUrl, database, e.socketDir, extra);
   const first = await anotherProxy();
   // Workflows are started straight on the server (as DO blocks or other clients do), by the app role.
   const app = new URL(dbUrl(e.adminUrl, database));
@@ -71,7 +73,7 @@ async function freshlyServed(database: string): Promise<{ proxy: CliProcess; db:
   app.password = e.app.password;
   if (e.mode === 'managed') {
     const owner = await connect(dbUrl(e.executorUrl, database));
-    await owner.query('SELECT df.grant_usage($1)', [e.app.user]);
+    await owner.query('SELECT df.grant_usage($1, include_http => true)', [e.app.user]);
   }
   return { proxy: first, db: await connect(app.toString()), anotherProxy };
 }
@@ -138,6 +140,68 @@ describe('a parked instance', () => {
   });
 });
 
+/** Until the instance's run is parked waiting for a signal: no executor holds it, and no deadline. */
+async function untilParkedForSignal(c: pg.Client, id: string): Promise<void> {
+  await eventually(
+    async () => (await c.query(`SELECT df.status($1) = 'running' AND NOT EXISTS (SELECT FROM df.nodes WHERE instance_id = $1 AND node_type = 'SIGNAL' AND status <> 'running') AS waiting`, [id])).rows[0].waiting === true,
+    `instance ${id} to wait for its signal`,
+  );
+}
+
+describe('a signal wait', () => {
+  it('survives kill -9 of its proxy; a signal sent while no proxy runs is delivered by the next one, once', async () => {
+    const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_signal');
+    await db.query('CREATE TABLE woke (data text)');
+    const { rows } = await db.query<{ id: string }>(`SELECT df.start(df.wait_for_signal('go') |=> 's' ~> 'INSERT INTO woke VALUES ($s.data)') AS id`);
+    const id = rows[0]!.id;
+    await untilParkedForSignal(db, id);
+    await kill(a);
+    // Plain SQL: no proxy is needed to send it.
+    await db.query(`SELECT df.signal($1, 'go', '"while down"')`, [id]);
+    await anotherProxy();
+    await untilStatus(db, id, 'completed', 30_000);
+    expect((await db.query('SELECT data FROM woke')).rows).toEqual([{ data: 'while down' }]);
+  });
+});
+
+describe('an HTTP step in flight', () => {
+  it('kill -9 while the request is open: the next proxy makes it again with the same Idempotency-Key, and the node completes once', async () => {
+    const keys: string[] = [];
+    let first: (() => void) | undefined;
+    const server = http.createServer((req, res) => {
+      keys.push(String(req.headers['idempotency-key']));
+      if (keys.length === 1) {
+        // The first attempt never gets its answer: its proxy dies while it waits.
+        first = () => res.destroy();
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end('{"attempt": 2}');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_http', ['--http-allow', '127.0.0.1']);
+      await db.query('CREATE TABLE after_http (n int)');
+      const { rows } = await db.query<{ id: string }>(
+        `SELECT df.start(df.http('http://127.0.0.1:${port}/hook', 'POST', '{}') |=> 'r' ~> 'INSERT INTO after_http VALUES ($r.status)') AS id`,
+      );
+      const id = rows[0]!.id;
+      await eventually(() => keys.length === 1, 'the request to arrive');
+      await kill(a);
+      first?.();
+      await anotherProxy();
+      await untilStatus(db, id, 'completed', 30_000);
+      expect(keys).toHaveLength(2);
+      expect(keys[1]).toBe(keys[0]);
+      expect(keys[0]).toMatch(new RegExp(`^${id}-[0-9a-f]{8}-0$`));
+      expect((await db.query('SELECT n FROM after_http')).rows).toEqual([{ n: 200 }]);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
+
 describe('several proxies on one database', () => {
   it('no step runs twice; when one proxy is killed the other finishes its work once the lease expires', async () => {
     const { proxy: a, db, anotherProxy } = await freshlyServed('pgdp_crash_pair');
@@ -183,5 +247,25 @@ describe('PostgreSQL restarted mid-workflow', () => {
     const again = await connect(server.url);
     await untilStatus(again, rows[0]!.id, 'completed');
     expect((await again.query('SELECT n FROM counter')).rows[0].n).toBe(10);
+  });
+
+  it('a signal sent, then PostgreSQL stopped with -m immediate before any proxy delivered it: delivered after the restart', async () => {
+    const dataDir = path.join(tmp!, 'data');
+    const port = Number(new URL(server!.url).port);
+    const log = pino({ level: 'silent' });
+    const p = await proxy(server!.url, 'postgres', server!.socketDir);
+    const db = await connect(server!.url);
+    await db.query('CREATE TABLE signalled (data text)');
+    const { rows } = await db.query<{ id: string }>(`SELECT df.start(df.wait_for_signal('go') |=> 's' ~> 'INSERT INTO signalled VALUES ($s.data)') AS id`);
+    const id = rows[0]!.id;
+    await untilParkedForSignal(db, id);
+    await kill(p);
+    await db.query(`SELECT df.signal($1, 'go', '"kept"')`, [id]);
+    await server!.stopImmediate();
+    server = await EmbeddedPostgres.start({ dataDir, port, log });
+    await proxy(server.url, 'postgres', server.socketDir);
+    const again = await connect(server.url);
+    await untilStatus(again, id, 'completed');
+    expect((await again.query('SELECT data FROM signalled')).rows).toEqual([{ data: 'kept' }]);
   });
 });
