@@ -163,6 +163,20 @@ describe('dry runs of JSON, SQL and other input', () => {
     for (const [json, line] of cases) expect(tree(await explain('$1', [json])), json).toEqual([line]);
     const seq = JSON.stringify({ node_type: 'THEN', left_node: JSON.parse(cases[2]![0]), right_node: JSON.parse(cases[0]![0]) });
     expect(tree(await explain('$1', [seq]))).toEqual([`WAIT '0 2 * * *' (Europe/Paris)`, `→ SIGNAL 'approve' (3600s)`]);
+    // The constructors build the same nodes.
+    expect(tree(await explain(`df.wait_for_schedule('0 2 * * *', 'Europe/Paris') ~> df.wait_for_signal('approve', 3600)`))).toEqual([
+      `WAIT '0 2 * * *' (Europe/Paris)`,
+      `→ SIGNAL 'approve' (3600s)`,
+    ]);
+  });
+
+  it('a live signal wait: ⏳ while it waits, ✓ once the signal came', async () => {
+    const id = (await c.query<{ id: string }>(`SELECT df.start(df.wait_for_signal('approve', 3600) ~> 'SELECT 1') AS id`)).rows[0]!.id;
+    await eventually(async () => (await explain('$1', [id])).includes(`SIGNAL 'approve' (3600s) ⏳`), 'the wait to show as running');
+    expect(instance(await explain('$1', [id])).tree).toEqual([`SIGNAL 'approve' (3600s) ⏳`, '→ SQL: SELECT 1 ○']);
+    await c.query(`SELECT df.signal($1, 'approve')`, [id]);
+    await c.query('SELECT df.await_instance($1)', [id]);
+    expect(instance(await explain('$1', [id])).tree).toEqual([`SIGNAL 'approve' (3600s) ✓`, '→ SQL: SELECT 1 ✓']);
   });
 
   it('draws one SQL statement as a SQL step (even one that uses @> or a df table)', async () => {
