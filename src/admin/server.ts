@@ -7,6 +7,9 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from 'pino';
 import type { ProxyStats } from '../proxy/stats.js';
 
+/** A part of the admin endpoint beyond /healthz and /metrics: answers the requests it takes (returns true), leaves the rest. */
+export type AdminHandler = (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
+
 export interface AdminOptions {
   host: string;
   port: number;
@@ -14,6 +17,10 @@ export interface AdminOptions {
   /** URL the health probe connects with. */
   probeUrl: string;
   log: Logger;
+  /** More metrics served on /metrics beside the proxy's own (the engine's). */
+  registries?: Registry[];
+  /** More of the admin endpoint (the console), asked before the 404. */
+  handlers?: AdminHandler[];
 }
 
 function registry(stats: ProxyStats): Registry {
@@ -54,7 +61,7 @@ export class AdminServer {
   private readonly pool: pg.Pool;
 
   constructor(private readonly opts: AdminOptions) {
-    const reg = registry(opts.stats);
+    const reg = opts.registries?.length ? Registry.merge([registry(opts.stats), ...opts.registries]) : registry(opts.stats);
     this.pool = new pg.Pool({
       connectionString: opts.probeUrl,
       max: 1,
@@ -66,6 +73,7 @@ export class AdminServer {
     this.pool.on('error', () => undefined); // an idle probe connection that dies is simply replaced
     this.server = http.createServer((req, res) => {
       const url = req.url?.split('?')[0];
+      for (const handle of opts.handlers ?? []) if (handle(req, res)) return;
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { allow: 'GET, HEAD' }).end();
         return;

@@ -3,6 +3,7 @@
 // leases; runner.ts: running one instance), and the step-login check of
 // df.start.
 import type { HttpPolicy } from '../http/index.js';
+import { EngineEvents } from './events.js';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
@@ -47,6 +48,8 @@ export interface ExecutorOptions {
   http: HttpPolicy;
   /** The clock schedules are computed on (ms since the epoch); tests move it. Default Date.now. */
   clock?: () => number;
+  /** Where the engine reports what it does (metrics, the console listen); the executor makes one if not given. */
+  events?: EngineEvents;
 }
 
 export const EXECUTOR_DEFAULTS = {
@@ -80,7 +83,13 @@ export class Executor {
   private discoverTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
-  constructor(private readonly opts: ExecutorOptions) {}
+  readonly events: EngineEvents;
+  private readonly opts: ExecutorOptions & { events: EngineEvents };
+
+  constructor(opts: ExecutorOptions) {
+    this.events = opts.events ?? new EngineEvents();
+    this.opts = { ...opts, events: this.events };
+  }
 
   /** Installs or upgrades the df schema of `database` and starts serving it (once). */
   serve(database: string): Promise<void> {

@@ -118,6 +118,7 @@ export class InstanceRunner {
       await this.store.flush();
       await this.store.park(id, wakeAt, awaits);
       if (wakeAt) this.parked(wakeAt);
+      this.opts.events?.emit('changed', { database: this.database, instance: id });
     } catch (err) {
       if (err instanceof LostRun) return; // cancelled or taken over meanwhile: nothing to park
       // The lease runs out instead, and a claim resumes it then.
@@ -131,8 +132,11 @@ export class InstanceRunner {
       return;
     }
     const { instance, nodes } = loaded;
-    const fail = (message: string): Promise<boolean> =>
-      this.store.finish(id, instance.root_node, { status: 'failed', raw: JSON.stringify(message), output: message });
+    const fail = async (message: string): Promise<boolean> => {
+      const ended = await this.store.finish(id, instance.root_node, { status: 'failed', raw: JSON.stringify(message), output: message });
+      if (ended) this.opts.events?.emit('ended', { database: this.database, instance: id, status: 'failed' });
+      return ended;
+    };
     if (loaded.invalid !== undefined) {
       this.log.warn({ instance: id, reason: loaded.invalid }, 'instance row does not validate: failing the instance');
       await fail(loaded.invalid);
@@ -174,6 +178,7 @@ export class InstanceRunner {
       outcome.kind === 'ok'
         ? await this.store.finish(id, root.id, { status: 'completed', raw: outcome.value, output: outcome.value })
         : await fail(outcome.kind === 'failed' ? outcome.error : 'unexpected break');
+    if (ended && outcome.kind === 'ok') this.opts.events?.emit('ended', { database: this.database, instance: id, status: 'completed' });
     this.log.debug({ instance: id, status: outcome.kind, ended }, 'instance finished');
   }
 
@@ -185,60 +190,115 @@ export class InstanceRunner {
       if (err instanceof LostRun || instanceSignal.aborted) throw new Aborted();
       throw err;
     };
+    const runSql = this.sqlStep(instance, database);
+    const events = this.opts.events;
+    const db = this.database;
+    const changed = (): void => void events?.emit('changed', { database: db, instance: id });
+    // A new instance's first step: how long it took from df.start's commit (created_at) to here.
+    let first = instance.status === 'pending';
+    const stepBegins = (): number => {
+      if (first) {
+        first = false;
+        events?.emit('firstStep', { database: db, instance: id, latencyMs: Math.max(0, Date.now() - instance.created_at.getTime()) });
+      }
+      return performance.now();
+    };
+    const stepEnded = (kind: 'sql' | 'http', began: number, ok: boolean): void => {
+      events?.emit('step', { database: db, kind, ok, ms: performance.now() - began });
+      changed();
+    };
     return {
       runSql: async (node, sql, stamp, signal) => {
-        const client = await this.stepConnection(database, instance.role!, signal);
-        // Substitution quotes for standard_conforming_strings = on, a startup option of step connections
-        // that something between the proxy and PostgreSQL (a pooler) could have dropped.
-        const scs = (client as unknown as StepClient).settings.get('standard_conforming_strings');
-        if (scs !== 'on') {
-          client.release(true);
-          throw new StepError(
-            `the step connection runs with standard_conforming_strings = ${scs ?? 'unknown'}; steps need it on ` +
-              '(is a connection pooler between the proxy and PostgreSQL dropping startup options?)',
-          );
-        }
-        let discard = false;
+        const began = stepBegins();
+        let ok = false;
         try {
-          const result = await runSqlStep(
-            { client, cancel: () => this.pool.query('SELECT pg_cancel_backend($1)', [(client as unknown as { processID: number }).processID]).then(() => {}) },
-            sql,
-            { instanceId: id, nodeId: node.id, owner: store.owner, stamp },
-            {
-              sameDatabase: database === this.database,
-              checkpointElsewhere: (r) => store.checkpoint(id, node.id, stamp, r),
-              signal,
-              maxResult: this.opts.maxStepResult,
-            },
-          );
-          store.forget(id, node.id); // its 'running', if still queued, is obsolete
+          const result = await runSql(node, sql, stamp, signal);
+          ok = true;
           return result;
-        } catch (err) {
-          // A connection cut for an oversized result is dead: it must not go back to the pool.
-          discard = signal.aborted || !(err instanceof StepError) || cutReason(client) !== undefined;
-          if ((err as { code?: string }).code === '40001' && !(err instanceof StepError)) throw new LostRun(id);
-          throw err;
         } finally {
-          if (discard) client.release(true);
-          else releaseClean(client, sql);
+          if (!signal.aborted) stepEnded('sql', began, ok);
         }
       },
-      record: (node, status, stamp, raw) => store.record({ instanceId: id, nodeId: node.id, status, stamp, raw }),
+      record: (node, status, stamp, raw) => {
+        store.record({ instanceId: id, nodeId: node.id, status, stamp, raw });
+        changed();
+      },
       setIteration: (node, stamp, iteration) => store.setIteration(id, node.id, stamp, iteration).catch(lost),
       sleepDeadline: (node, stamp, seconds) => store.sleepDeadline(id, node.id, stamp, seconds).catch(lost),
       waitDeadline: (node, stamp, at) => store.waitDeadline(id, node.id, stamp, at).catch(lost),
-      takeSignal: (node, stamp, name) => store.takeSignal(id, node.id, stamp, name),
-      complete: (node, stamp, raw) => store.complete(id, node.id, stamp, raw).catch(lost),
+      takeSignal: async (node, stamp, name) => {
+        const raw = await store.takeSignal(id, node.id, stamp, name);
+        if (raw !== null) {
+          events?.emit('signalTaken', { database: db, instance: id });
+          changed();
+        }
+        return raw;
+      },
+      complete: (node, stamp, raw) => store.complete(id, node.id, stamp, raw).then(changed, lost),
       runHttp: async (node, request, stamp, signal) => {
         // Checked again when the step runs: df.revoke_usage since the start stops it.
         if (!(await store.mayUseHttp(instance.submitter))) {
+          events?.emit('http', { database: db, outcome: 'refused' });
           throw new StepError(`permission denied: role "${instance.role}" may not run HTTP steps (df.grant_usage(role, include_http => true))`);
         }
-        const raw = await runHttpStep(request, idempotencyKey(id, node.id, stamp), this.opts.http, signal);
+        const began = stepBegins();
+        let raw: string;
+        try {
+          raw = await runHttpStep(request, idempotencyKey(id, node.id, stamp), this.opts.http, signal, (outcome) =>
+            events?.emit('http', { database: db, outcome }),
+          );
+        } catch (err) {
+          if (!signal.aborted) stepEnded('http', began, false);
+          throw err;
+        }
         await store.complete(id, node.id, stamp, raw).catch(lost);
+        stepEnded('http', began, true);
         return raw;
       },
       now: this.opts.clock ?? Date.now,
+    };
+  }
+
+  /** Runs one SQL step of `instance` on a connection logged in as its submitter. */
+  private sqlStep(instance: InstanceRow, database: string): NonNullable<Effects['runSql']> {
+    const store = this.store;
+    const id = instance.id;
+    return async (node, sql, stamp, signal) => {
+      const client = await this.stepConnection(database, instance.role!, signal);
+      // Substitution quotes for standard_conforming_strings = on, a startup option of step connections
+      // that something between the proxy and PostgreSQL (a pooler) could have dropped.
+      const scs = (client as unknown as StepClient).settings.get('standard_conforming_strings');
+      if (scs !== 'on') {
+        client.release(true);
+        throw new StepError(
+          `the step connection runs with standard_conforming_strings = ${scs ?? 'unknown'}; steps need it on ` +
+            '(is a connection pooler between the proxy and PostgreSQL dropping startup options?)',
+        );
+      }
+      let discard = false;
+      try {
+        const result = await runSqlStep(
+          { client, cancel: () => this.pool.query('SELECT pg_cancel_backend($1)', [(client as unknown as { processID: number }).processID]).then(() => {}) },
+          sql,
+          { instanceId: id, nodeId: node.id, owner: store.owner, stamp },
+          {
+            sameDatabase: database === this.database,
+            checkpointElsewhere: (r) => store.checkpoint(id, node.id, stamp, r),
+            signal,
+            maxResult: this.opts.maxStepResult,
+          },
+        );
+        store.forget(id, node.id); // its 'running', if still queued, is obsolete
+        return result;
+      } catch (err) {
+        // A connection cut for an oversized result is dead: it must not go back to the pool.
+        discard = signal.aborted || !(err instanceof StepError) || cutReason(client) !== undefined;
+        if ((err as { code?: string }).code === '40001' && !(err instanceof StepError)) throw new LostRun(id);
+        throw err;
+      } finally {
+        if (discard) client.release(true);
+        else releaseClean(client, sql);
+      }
     };
   }
 

@@ -17,6 +17,7 @@ const instanceRow = z.object({
   rolcanlogin: z.boolean().nullable(),
   /** submitted_by as an oid (text): the key of per-role fairness. */
   submitter: z.string(),
+  created_at: z.date(),
 });
 export type InstanceRow = z.infer<typeof instanceRow>;
 
@@ -38,7 +39,8 @@ const STATUSES = new Set<string>(INSTANCE_STATUSES);
  * by key (LATERAL ... OFFSET 0 keeps the planner from joining the whole
  * tables), so the cost does not grow with the finished history beside them.
  */
-const load = (source: string): string => `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
+const load = (source: string, takeovers = '0'): string => `SELECT i.id AS i_id, i.root_node AS i_root_node, i.status AS i_status, i.database AS i_database,
+       i.created_at AS i_created_at, ${takeovers} AS i_takeovers,
        row_number() OVER (PARTITION BY i.id) = 1 AS i_head,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.label END AS i_label,
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.vars END AS i_vars,
@@ -70,6 +72,7 @@ function grouped(rows: LoadRow[]): Map<string, Loaded> {
     const fields = {
       id, label: r.i_label, root_node: r.i_root_node, status: r.i_status, database: r.i_database,
       vars: r.i_vars, role: r.i_role, rolsuper: r.i_rolsuper, rolcanlogin: r.i_rolcanlogin, submitter: r.i_submitter,
+      created_at: r.i_created_at,
     };
     const parsed = instanceRow.safeParse(fields);
     if (parsed.success) {
@@ -84,6 +87,7 @@ function grouped(rows: LoadRow[]): Map<string, Loaded> {
         id, label: null, root_node: String(r.i_root_node), database: null, vars: {},
         status: STATUSES.has(r.i_status as string) ? (r.i_status as InstanceRow['status']) : 'running',
         role: typeof r.i_role === 'string' ? r.i_role : null, rolsuper: null, rolcanlogin: null, submitter: String(r.i_submitter),
+        created_at: r.i_created_at instanceof Date ? r.i_created_at : new Date(),
       },
       nodes: [],
       invalid: `Invalid durable function: the instance row does not validate (${where}${issue?.message ?? 'malformed'})`,
@@ -106,15 +110,15 @@ const CLAIM = `WITH turns AS (
                 WHERE q.lease_expires IS NULL OR q.lease_expires < now()),
              claimed AS (
                UPDATE df.runs r SET owner = $1, lease_expires = now() + make_interval(secs => $2)
-                 FROM (SELECT p.instance_id FROM df.runs p JOIN turns t ON t.instance_id = p.instance_id
+                 FROM (SELECT p.instance_id, p.owner IS NOT NULL AS was_held FROM df.runs p JOIN turns t ON t.instance_id = p.instance_id
                         WHERE (p.lease_expires IS NULL OR p.lease_expires < now()) AND ($6 = 0 OR t.turn <= $6)
                         ORDER BY t.turn, t.created_at LIMIT $3 FOR UPDATE OF p SKIP LOCKED) c
                 WHERE r.instance_id = c.instance_id
-                RETURNING r.instance_id),
+                RETURNING r.instance_id, c.was_held),
              started AS (
                UPDATE df.instances i SET status = 'running', updated_at = now()
                 WHERE i.id = ANY (ARRAY(SELECT instance_id FROM claimed)) AND i.status = 'pending')
-             ${load('SELECT instance_id FROM claimed')}`;
+             ${load('SELECT instance_id FROM claimed', '(SELECT count(*) FILTER (WHERE was_held) FROM claimed)::int')}`;
 
 const LOAD_ONE = load('SELECT $1::text');
 
@@ -181,13 +185,14 @@ export class Store {
    * another role waits. With `perRole` > 0 no turn past it is taken: a role
    * never holds more than `perRole` of this executor's instances.
    */
-  async claim(limit: number, held: Map<string, number> = new Map(), perRole = 0): Promise<Loaded[]> {
+  /** Claims runs (fairly across roles); also how many of them were taken over from an executor whose lease expired. */
+  async claim(limit: number, held: Map<string, number> = new Map(), perRole = 0): Promise<{ claimed: Loaded[]; takeovers: number }> {
     const { rows } = await this.pool.query<LoadRow>({
       name: 'pgdp_claim',
       text: CLAIM,
       values: [this.owner, this.leaseSeconds, limit, [...held.keys()], [...held.values()], perRole],
     });
-    return [...grouped(rows).values()];
+    return { claimed: [...grouped(rows).values()], takeovers: Number(rows[0]?.i_takeovers ?? 0) };
   }
 
   /** Whether a role is a superuser or can become one (df._escalates: membership, file and program roles). */
@@ -197,13 +202,13 @@ export class Store {
   }
 
   /** Of `ids`, those whose instance is finished or cancelled: a df_cancel notification is only a hint to look. */
-  async ended(ids: string[]): Promise<Set<string>> {
-    const { rows } = await this.pool.query<{ id: string }>({
+  async ended(ids: string[]): Promise<Map<string, 'completed' | 'failed' | 'cancelled'>> {
+    const { rows } = await this.pool.query<{ id: string; status: 'completed' | 'failed' | 'cancelled' }>({
       name: 'pgdp_ended',
-      text: `SELECT id FROM df.instances WHERE id = ANY($1::text[]) AND status IN ('completed', 'failed', 'cancelled')`,
+      text: `SELECT id, status FROM df.instances WHERE id = ANY($1::text[]) AND status IN ('completed', 'failed', 'cancelled')`,
       values: [ids],
     });
-    return new Set(rows.map((r) => r.id));
+    return new Map(rows.map((r) => [r.id, r.status]));
   }
 
   /** Extends the leases of the runs held; returns those still held. */

@@ -187,7 +187,11 @@ export class DatabaseWorker {
       this.cancelHints.clear();
       if (ids.length === 0) return;
       try {
-        for (const id of await this.store.ended(ids)) this.held.get(id)?.abort.abort(new Aborted('cancelled'));
+        for (const [id, status] of await this.store.ended(ids)) {
+          this.held.get(id)?.abort.abort(new Aborted('cancelled'));
+          // Ends of this executor's own making are reported where they are made.
+          if (status === 'cancelled') this.opts.events?.emit('ended', { database: this.database, instance: id, status });
+        }
       } catch (err) {
         // The lease renewal notices a cancelled run too (its run row is gone), a little later.
         this.log.warn({ err: (err as Error).message }, 'cannot check a cancellation');
@@ -205,7 +209,9 @@ export class DatabaseWorker {
       for (const h of this.held.values()) perRole.set(h.submitter, (perRole.get(h.submitter) ?? 0) + 1);
       let claimed: Loaded[];
       try {
-        claimed = await this.store.claim(Math.min(room, 64), perRole, this.opts.maxInstancesPerRole);
+        const c = await this.store.claim(Math.min(room, 64), perRole, this.opts.maxInstancesPerRole);
+        claimed = c.claimed;
+        if (claimed.length > 0) this.opts.events?.emit('claimed', { database: this.database, instances: claimed.length, takeovers: c.takeovers });
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, 'claiming work failed; retrying at the next poll');
         return;
@@ -242,7 +248,10 @@ export class DatabaseWorker {
         total += n;
         if (n < PRUNE_BATCH) break;
       }
-      if (total > 0) this.log.info({ pruned: total }, 'pruned finished instances past retention');
+      if (total > 0) {
+        this.log.info({ pruned: total }, 'pruned finished instances past retention');
+        this.opts.events?.emit('pruned', { database: this.database, instances: total });
+      }
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'pruning finished instances failed; trying again later');
     } finally {

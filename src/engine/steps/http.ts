@@ -4,6 +4,7 @@
 // Idempotency-Key (instance, node, loop iteration), so a server that honours
 // the header can tell a repeat from a new request.
 import { buildMultipart, displayUrl, HttpFailed, HttpRefused, httpRequest, statusMessage, withoutContentType, type HttpPolicy } from '../../http/index.js';
+import type { HttpOutcome } from '../events.js';
 import type { HttpStepRequest } from '../interpreter.js';
 import { StepError } from '../substitute.js';
 
@@ -23,7 +24,13 @@ function displayUrlText(url: string): string {
 }
 
 /** Makes the request; the response envelope as JSON (pg_durable's field order). Throws StepError for a refused or failed request and for 5xx. */
-export async function runHttpStep(req: HttpStepRequest, key: string, policy: HttpPolicy, signal: AbortSignal): Promise<string> {
+export async function runHttpStep(
+  req: HttpStepRequest,
+  key: string,
+  policy: HttpPolicy,
+  signal: AbortSignal,
+  report: (outcome: HttpOutcome) => void = () => {},
+): Promise<string> {
   let headers: Record<string, string> = { ...req.headers };
   let body: Buffer | string | null = req.body;
   if (req.parts !== null) {
@@ -43,10 +50,15 @@ export async function runHttpStep(req: HttpStepRequest, key: string, policy: Htt
     envelope = await httpRequest({ url: req.url, method: req.method, headers, body }, policy, { timeoutMs: req.timeoutSeconds * 1000, signal });
   } catch (err) {
     if (signal.aborted) throw err;
-    if (err instanceof HttpRefused) throw new StepError(`HTTP ${req.method} ${displayUrlText(req.url)} refused: ${err.message}`);
+    if (err instanceof HttpRefused) {
+      report('refused');
+      throw new StepError(`HTTP ${req.method} ${displayUrlText(req.url)} refused: ${err.message}`);
+    }
+    report('failed');
     if (err instanceof HttpFailed) throw new StepError(err.message);
     throw err;
   }
+  report(envelope.status >= 500 ? 'server_error' : envelope.status >= 400 ? 'client_error' : 'success');
   if (envelope.status >= 500) throw new StepError(statusMessage(req.method, displayUrlText(req.url), envelope));
   let { body: text, encoding } = envelope;
   // jsonb (where results are stored) cannot hold NUL: such a text body is kept as base64.
