@@ -89,6 +89,9 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     }
   }
 
+  // Checked before anything is started: a bad --http-allow leaves nothing running.
+  const http = httpPolicy(cfg);
+
   let embedded: EmbeddedPostgres | undefined;
   if (!cfg.upstream) {
     // Its own process group: a terminal's Ctrl-C reaches only the proxy, which lets running statements finish before stopping it.
@@ -118,7 +121,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
     ...(cfg.dfOwner ? { dfOwner: cfg.dfOwner } : {}),
     allowSuperuserInstances: cfg.allowSuperuserInstances ? cfg.allowSuperuserInstances === 'true' : embedded !== undefined,
-    http: httpPolicy(cfg),
+    http,
   });
   await loadDslParser();
   try {

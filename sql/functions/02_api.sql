@@ -203,8 +203,9 @@ BEGIN
         RAISE EXCEPTION '%', df._config_error(t, q) USING ERRCODE = '22023';
       END IF;
       -- HTTP steps reach outside the database: the role needs df.grant_usage(role, include_http => true).
-      IF t IN ('HTTP', 'HTTP_MULTIPART')
-         AND NOT has_function_privilege(p_submitter::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE') THEN
+      IF (t = 'HTTP' AND NOT has_function_privilege(p_submitter::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE'))
+         OR (t = 'HTTP_MULTIPART'
+             AND NOT has_function_privilege(p_submitter::oid, 'df.http_multipart(text, text, jsonb, jsonb, integer)'::regprocedure, 'EXECUTE')) THEN
         RAISE EXCEPTION 'permission denied: role % may not run HTTP steps', p_submitter USING ERRCODE = '42501',
           HINT = format('An administrator grants it with SELECT df.grant_usage(%L, include_http => true).', p_submitter::text);
       END IF;

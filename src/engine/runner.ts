@@ -237,9 +237,13 @@ export class InstanceRunner {
       complete: (node, stamp, raw) => store.complete(id, node.id, stamp, raw).then(changed, lost),
       runHttp: async (node, request, stamp, signal) => {
         // Checked again when the step runs: df.revoke_usage since the start stops it.
-        if (!(await store.mayUseHttp(instance.submitter))) {
+        if (!(await store.mayUseHttp(instance.submitter, node.type))) {
           events?.emit('http', { database: db, outcome: 'refused' });
-          throw new StepError(`permission denied: role "${instance.role}" may not run HTTP steps (df.grant_usage(role, include_http => true))`);
+          // The words df.start uses for a role without the grant.
+          throw new StepError(
+            `permission denied: role ${instance.role} may not run HTTP steps ` +
+              `(an administrator grants it with SELECT df.grant_usage('${instance.role}', include_http => true))`,
+          );
         }
         const began = stepBegins();
         let raw: string;

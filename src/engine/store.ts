@@ -383,11 +383,12 @@ export class Store {
     );
   }
 
-  /** Whether the role may run HTTP steps (EXECUTE on df.http, as df.grant_usage(role, include_http => true) gives). */
-  async mayUseHttp(roleOid: string): Promise<boolean> {
+  /** Whether the role may run this kind of HTTP step (EXECUTE on df.http or df.http_multipart, as df.grant_usage(role, include_http => true) gives). */
+  async mayUseHttp(roleOid: string, kind: 'HTTP' | 'HTTP_MULTIPART'): Promise<boolean> {
+    const fn = kind === 'HTTP' ? 'df.http(text, text, text, jsonb, integer)' : 'df.http_multipart(text, text, jsonb, jsonb, integer)';
     const { rows } = await this.pool.query<{ ok: boolean }>({
-      name: 'pgdp_may_http',
-      text: `SELECT has_function_privilege($1::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE') AS ok`,
+      name: `pgdp_may_${kind.toLowerCase()}`,
+      text: `SELECT has_function_privilege($1::oid, '${fn}'::regprocedure, 'EXECUTE') AS ok`,
       values: [roleOid],
     });
     return rows[0]?.ok === true;

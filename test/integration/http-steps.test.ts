@@ -200,6 +200,6 @@ describe('who may run HTTP steps', () => {
     await su.query(`REVOKE EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) FROM pgdp_http_carol`);
     await carol.query('SELECT df.await_instance($1, 30)', [id]);
     const row = (await carol.query('SELECT status, output FROM df.instances WHERE id = $1', [id])).rows[0];
-    expect(row).toEqual({ status: 'failed', output: expect.stringMatching(/^permission denied: role "pgdp_http_carol" may not run HTTP steps/) });
+    expect(row).toEqual({ status: 'failed', output: expect.stringMatching(/^permission denied: role pgdp_http_carol may not run HTTP steps \(an administrator grants it/) });
   });
 });
