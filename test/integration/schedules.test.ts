@@ -9,11 +9,12 @@ import { eventually } from '../helpers/wait.js';
 let d: Durable;
 let app: pg.Client;
 let su: pg.Client;
-/** The schedule clock runs `offset` ms ahead of the real one. */
+/** The schedule clock runs `offset` ms ahead of the real one, unless a test sets its own. */
 let offset = 0;
+let clock: (() => number) | undefined;
 
 beforeAll(async () => {
-  d = await startDurable('pgdp_schedules', { clock: () => Date.now() + offset });
+  d = await startDurable('pgdp_schedules', { clock: () => (clock ? clock() : Date.now() + offset) });
   app = await d.connect();
   su = await d.direct();
   await app.query('CREATE TABLE ran (at timestamptz DEFAULT clock_timestamp())');
@@ -67,6 +68,24 @@ describe('df.wait_for_schedule', () => {
     expect(days).toBeGreaterThan(1);
     expect(days).toBeLessThan(1.01);
     await app.query('SELECT df.cancel($1)', [id]);
+  });
+
+  it('a recurring job: @> (wait ~> step) runs once per tick', async () => {
+    // Each time the schedule is read, its clock stands 1.2 s before the next minute of a timeline one minute further on.
+    let minute = Date.parse('2026-09-01T00:00:00Z');
+    clock = () => (minute += 60_000) - 1200;
+    try {
+      await app.query('CREATE TABLE ticks (at timestamptz DEFAULT clock_timestamp())');
+      // Started in plain SQL (a DO block), as a trigger or a migration would.
+      await app.query(`CREATE TABLE job (id text)`);
+      await app.query(`DO $$ BEGIN INSERT INTO job SELECT df.start(@> (df.wait_for_schedule('* * * * *') ~> 'INSERT INTO ticks DEFAULT VALUES'), 'every minute'); END $$`);
+      await eventually(async () => (await app.query('SELECT count(*)::int AS n FROM ticks')).rows[0].n >= 3, 'three ticks', 30_000);
+      const id = (await app.query('SELECT id FROM job')).rows[0].id as string;
+      expect((await app.query('SELECT df.status($1) AS s', [id])).rows[0].s).toBe('running');
+      await app.query('SELECT df.cancel($1)', [id]);
+    } finally {
+      clock = undefined;
+    }
   });
 
   it('a bad expression or time zone is refused at df.start, with the position of the call, in pg_durable\'s words', async () => {
