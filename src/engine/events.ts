@@ -9,6 +9,8 @@ export type HttpOutcome = 'success' | 'client_error' | 'server_error' | 'refused
 export interface EngineEventMap {
   /** Runs claimed by one claim statement; `takeovers` of them were held by an executor whose lease expired. */
   claimed: [{ database: string; instances: number; takeovers: number }];
+  /** A new instance was picked up for the first time (it was pending). */
+  started: [{ database: string; instance: string }];
   /** An instance's first step began: the time since its df.start committed (created_at). */
   firstStep: [{ database: string; instance: string; latencyMs: number }];
   /** A step ended. */

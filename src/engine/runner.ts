@@ -24,6 +24,8 @@ const PARK_MIN_MS = 2000;
 /** How long a step connection stays open once idle. */
 const STEP_IDLE_MS = 1000;
 const TERMINAL = new Set<string>(TERMINAL_STATUSES);
+/** Node types that are steps (they reach the database or the outside world). */
+const STEP_TYPES = new Set<string>(['SQL', 'HTTP', 'HTTP_MULTIPART']);
 
 /** A login check that takes longer lets df.start through (the steps will say what is wrong). */
 export const LOGIN_CHECK_MS = 10_000;
@@ -167,12 +169,13 @@ export class InstanceRunner {
       }
       throw err;
     }
+    if (instance.status === 'pending') this.opts.events?.emit('started', { database: this.database, instance: id });
     const vars: Record<string, string> = {};
     for (const [k, v] of Object.entries(instance.vars)) vars[k] = v ?? '';
     const held = this.held.get(id);
     const parking = held ? new Parking(PARK_MIN_MS, (wakeAt, awaits) => held.abort.abort(new Suspended(wakeAt, awaits))) : undefined;
     if (held) held.poke = () => parking?.poke();
-    const outcome = await runInstance(root, { instanceId: id, label: instance.label ?? '', vars, effects: this.effects(instance, signal), parking }, signal);
+    const outcome = await runInstance(root, { instanceId: id, label: instance.label ?? '', vars, effects: this.effects(loaded, signal), parking }, signal);
     if (signal.aborted) throw new Aborted();
     const ended =
       outcome.kind === 'ok'
@@ -182,7 +185,8 @@ export class InstanceRunner {
     this.log.debug({ instance: id, status: outcome.kind, ended }, 'instance finished');
   }
 
-  private effects(instance: InstanceRow, instanceSignal: AbortSignal): Effects {
+  private effects(loaded: Loaded, instanceSignal: AbortSignal): Effects {
+    const instance = loaded.instance;
     const store = this.store;
     const id = instance.id;
     const database = instance.database ?? this.database;
@@ -194,8 +198,9 @@ export class InstanceRunner {
     const events = this.opts.events;
     const db = this.database;
     const changed = (): void => void events?.emit('changed', { database: db, instance: id });
-    // A new instance's first step: how long it took from df.start's commit (created_at) to here.
-    let first = instance.status === 'pending';
+    // The instance's first step, however long it waited before it (a sleep, a signal): how long
+    // it took from df.start's commit (created_at) to here. Known from the nodes: no step has run yet.
+    let first = !loaded.nodes.some((n) => STEP_TYPES.has((n as { node_type?: string }).node_type ?? '') && (n as { status?: string }).status !== 'pending');
     const stepBegins = (): number => {
       if (first) {
         first = false;

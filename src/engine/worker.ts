@@ -21,6 +21,7 @@ import { VERSION } from '../version.js';
 const CONTROL_MAX_MESSAGE = 500 * 1024 * 1024;
 /** A parked run is claimed this long after it is due (clocks of the proxy and PostgreSQL tick apart). */
 const WAKE_MARGIN_MS = 5;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Retention passes: how often, and how much each deletes at most (batches of PRUNE_BATCH instances). */
 const PRUNE_EVERY_MS = 60_000;
 const PRUNE_BATCH = 500;
@@ -289,11 +290,12 @@ export class DatabaseWorker {
     if (t >= this.wakeAtMs || this.closing) return;
     clearTimeout(this.wakeTimer);
     this.wakeAtMs = t;
+    // setTimeout fires at once for delays past 2^31-1 ms (24.8 days): a far deadline is looked at again then instead.
     this.wakeTimer = setTimeout(() => {
       this.wakeAtMs = Infinity;
       this.wake();
       void this.scheduleNextDue();
-    }, Math.max(0, t - Date.now()) + WAKE_MARGIN_MS);
+    }, Math.min(Math.max(0, t - Date.now()) + WAKE_MARGIN_MS, MAX_TIMER_MS));
   }
 
   /** Runs parked by anyone (another proxy, an earlier run of this one) are due at some point: be there. */

@@ -46,6 +46,25 @@ describe('parked waits', () => {
     expect(woke.getTime() - deadline.getTime()).toBeLessThan(1000);
   });
 
+  it('a deadline past 24.8 days (longer than a timer can wait) parks without a timer firing at once', async () => {
+    // Node fires a setTimeout of more than 2^31-1 ms at once, with a TimeoutOverflowWarning: the executor
+    // would then look for due work in a loop. The executor here runs in this process, so its warnings come here.
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const { rows } = await admin.query<{ id: string }>(`SELECT df.start(df.sleep(40 * 86400) ~> 'SELECT 1') AS id`);
+      const id = rows[0]!.id;
+      await untilParked(id);
+      // The executor's wake timer is set as the park completes; a poll later it has looked at the deadline again.
+      await eventually(async () => (await su.query(`SELECT count(*)::int AS n FROM df.runs WHERE instance_id = $1 AND owner IS NULL`, [id])).rows[0].n === 1, 'parked');
+      expect(warnings).not.toContain('TimeoutOverflowWarning');
+      await admin.query('SELECT df.cancel($1)', [id]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('parked instances hold no slot: with 4 slots, 12 sleepers of one role and another role runs at once', async () => {
     await createRoles(['pgdp_pk_other']);
     await (await d.superuser()).query(`SELECT df.grant_usage('pgdp_pk_other')`);
