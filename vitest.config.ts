@@ -10,7 +10,7 @@ const managed = process.env.TEST_MODE === 'managed';
 const MANAGED_SUITES = [
   'durable', 'monitoring', 'crash', 'cancel', 'new-start-role', 'new-start-limit', 'start-checks',
   'dsl', 'step-login', 'clients', 'schema', 'copy', 'protocol', 'tls', 'smoke', 'robustness', 'parked', 'retention', 'history',
-  'graph-validation', 'signals', 'schedules', 'http-steps', 'explain', 'cron-sql',
+  'graph-validation', 'signals', 'schedules', 'http-steps', 'explain', 'cron-sql', 'metrics', 'console',
 ].map((name) => `test/integration/${name}.test.ts`);
 
 export default defineConfig({

@@ -7,9 +7,11 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
+import { Console } from './admin/console/index.js';
 import { ConfigError, describeSettings, httpPolicy, loadConfig, splitHostPort, type Config } from './config.js';
 import { abandonStarts, CREDENTIALS_FILE, EmbeddedPostgres } from './embedded.js';
 import { EXECUTOR_DEFAULTS, Executor } from './engine/executor.js';
+import { engineMetrics } from './engine/metrics.js';
 import { connectionTargets, stepLoginFor } from './engine/targets.js';
 import { databaseOf, runCheck } from './check/command.js';
 import { DslInterceptor, loadDslParser } from './dsl/interceptor.js';
@@ -148,6 +150,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     }),
   });
   let admin: AdminServer | undefined;
+  let webConsole: Console | undefined;
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) {
@@ -159,6 +162,7 @@ async function run(cfg: Config, log: Logger): Promise<void> {
     await proxy.shutdown(cfg.shutdownTimeout * 1000);
     await executor.close();
     await admin?.close();
+    await webConsole?.close();
     await embedded?.stop();
     log.info('stopped');
     log.flush();
@@ -167,9 +171,29 @@ async function run(cfg: Config, log: Logger): Promise<void> {
   try {
     const at = await proxy.listen();
     if (cfg.admin !== 'off') {
-      admin = new AdminServer({ ...splitHostPort(cfg.admin), stats: proxy.stats, probeUrl: cfg.executorUrl ?? upstreamUrl, log });
+      // The console: sign-ins log in to the upstream as clients do; the operator token reads as the executor.
+      if (cfg.console === 'on' || cfg.adminToken !== undefined) {
+        webConsole = new Console({
+          roleSignIn: cfg.console === 'on',
+          upstreamUrl,
+          control: targets.control,
+          defaultDatabase: databaseOf(executorUrl),
+          ...(cfg.databases ? { databases: cfg.databases.split(',').map((d) => d.trim()) } : {}),
+          events: executor.events,
+          ...(cfg.adminToken !== undefined ? { adminToken: cfg.adminToken } : {}),
+          log: log.child({ component: 'console' }),
+        });
+      }
+      admin = new AdminServer({
+        ...splitHostPort(cfg.admin),
+        stats: proxy.stats,
+        probeUrl: cfg.executorUrl ?? upstreamUrl,
+        log,
+        registries: [engineMetrics(executor, { log: log.child({ component: 'metrics' }) })],
+        ...(webConsole ? { handlers: [webConsole.handler] } : {}),
+      });
       const a = await admin.listen();
-      log.info({ admin: `http://${a.host}:${a.port}` }, 'admin endpoint listening');
+      log.info({ admin: `http://${a.host}:${a.port}`, console: webConsole ? `http://${a.host}:${a.port}/console/` : 'off' }, 'admin endpoint listening');
     }
     // The log never carries the password. The ready line carries the embedded server's
     // only when a person is reading stderr (a terminal); captured stderr (a service

@@ -33,6 +33,18 @@ const settings = {
     .union([hostPort, z.literal('off')])
     .default('127.0.0.1:9433')
     .describe('admin HTTP address (/healthz, /metrics), or "off"'),
+  console: z
+    .enum(['on', 'off'])
+    .default('off')
+    .describe(
+      'web console on the admin endpoint at /console/: "on" lets PostgreSQL roles sign in with their passwords (see docs/console.md); ' +
+        'with --admin-token alone only the operator signs in; with neither the console is off',
+    ),
+  adminToken: z
+    .string()
+    .min(16, 'expected at least 16 characters')
+    .optional()
+    .describe("console operator token: who gives it sees and acts on every role's workflows, as the executor (prefer PGDP_ADMIN_TOKEN: ps shows flags)"),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('pino log level'),
   tlsCert: z.string().min(1).optional().describe('PEM certificate for TLS to clients (with tlsKey)'),
   tlsKey: z.string().min(1).optional().describe('PEM private key for TLS to clients (with tlsCert)'),
@@ -137,6 +149,8 @@ const settings = {
 } as const;
 
 export type SettingName = keyof typeof settings;
+/** Settings whose values are secrets. */
+const SECRET_SETTINGS = new Set<string>(['adminToken']);
 const names = Object.keys(settings) as SettingName[];
 
 const schema = z.object(settings).strict();
@@ -214,7 +228,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config & { h
     const issue = parsed.error.issues[0]!;
     const key = String(issue.path[0] ?? '');
     const where = from[key] ?? 'default';
-    throw new ConfigError(`invalid setting ${key} (from ${where}): ${JSON.stringify(raw[key])}: ${issue.message}`);
+    // A secret's value is not repeated in the message (it would reach logs and terminals' scrollback).
+    const shown = SECRET_SETTINGS.has(key) ? '(value not shown)' : JSON.stringify(raw[key]);
+    throw new ConfigError(`invalid setting ${key} (from ${where}): ${shown}: ${issue.message}`);
   }
   const cfg = parsed.data;
   if ((cfg.tlsCert === undefined) !== (cfg.tlsKey === undefined)) {

@@ -258,6 +258,36 @@ export class Executor {
     return { refusal, forMs: LOGIN_FAILED_MS };
   }
 
+  /** The databases served now. */
+  databases(): string[] {
+    return [...this.serving];
+  }
+
+  /**
+   * Runs one read-only statement (no parameters) on the executor's own
+   * connections to each database served, as the metrics read their gauges at
+   * scrape time: per database its rows, or why not. Each database gets at
+   * most `timeoutMs`, waiting for a connection included (statement_timeout
+   * on the server; a connection that does not answer in time is closed).
+   */
+  async readEach<R extends pg.QueryResultRow>(sql: string, timeoutMs: number): Promise<Map<string, R[] | Error>> {
+    const out = new Map<string, R[] | Error>();
+    if (this.closed) return out; // stopping: its pools are closing
+    await Promise.all(
+      [...this.serving].map(async (database) => {
+        try {
+          const worker = await this.workers.get(database);
+          // On the worker's own connections: the metrics open none of their own, which release() would
+          // have to close before a DROP DATABASE.
+          if (worker) out.set(database, await worker.read<R>(sql, timeoutMs));
+        } catch (err) {
+          out.set(database, err instanceof Error ? err : new Error(String(err)));
+        }
+      }),
+    );
+    return out;
+  }
+
   /** Stops claiming, stops running steps (they roll back) and hands the runs back. */
   async close(): Promise<void> {
     this.closed = true;
@@ -266,4 +296,3 @@ export class Executor {
     await Promise.all(all.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
   }
 }
-

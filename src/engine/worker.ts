@@ -124,6 +124,33 @@ export class DatabaseWorker {
     return w;
   }
 
+  /** `sql` in a read-only transaction of its own on one of the worker's connections, within `timeoutMs` all told. */
+  async read<R extends pg.QueryResultRow>(sql: string, timeoutMs: number): Promise<R[]> {
+    const pool = this.pool;
+    const began = Date.now();
+    const pending = pool.connect();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs)));
+    const client = await Promise.race([pending, late]).finally(() => clearTimeout(timer));
+    if (!client) {
+      void pending.then((c) => c.release(), () => {});
+      throw new Error(`no executor connection free within ${timeoutMs} ms`);
+    }
+    const left = Math.max(1, timeoutMs - (Date.now() - began));
+    // Simple protocol: the three statements are one implicit transaction, which SET LOCAL lasts for.
+    const query = { text: `SET LOCAL transaction_read_only = on; SET LOCAL statement_timeout = ${left}; ${sql}`, query_timeout: left + 500 };
+    let failed: Error | undefined;
+    try {
+      const results = (await client.query(query as pg.QueryConfig)) as unknown as pg.QueryResult<R>[];
+      return results[2]!.rows;
+    } catch (err) {
+      failed = err as Error; // a timed-out connection may still be busy: it is closed, not reused
+      throw err;
+    } finally {
+      client.release(failed);
+    }
+  }
+
   private async listen(again = false): Promise<void> {
     const client = new pg.Client(this.opts.control(this.database));
     // Any role may NOTIFY these channels: a notification is a hint to look, never an order.
