@@ -16,6 +16,7 @@ const nodeRow = z.object({
   iteration: z.number().int().nullable(),
   raw_result: z.string().nullable(),
   wake_at: z.date().nullable(),
+  broke: z.boolean().default(false),
 });
 export type NodeRow = z.infer<typeof nodeRow>;
 
@@ -26,6 +27,8 @@ export interface NodeState {
   iteration: number | null;
   raw: string | null;
   wakeAt: Date | null;
+  /** Ended by a df.break passing through it (raw is the break value). */
+  broke: boolean;
 }
 
 interface Base {
@@ -86,7 +89,7 @@ export function buildGraph(rows: unknown[], rootId: string): Node {
     const base: Base = {
       id,
       name: r.result_name ?? undefined,
-      state: { status: r.status, stamp: r.stamp, iteration: r.iteration, raw: r.raw_result, wakeAt: r.wake_at },
+      state: { status: r.status, stamp: r.stamp, iteration: r.iteration, raw: r.raw_result, wakeAt: r.wake_at, broke: r.broke },
     };
     const child = (c: string | null): Node => build(c, depth + 1, `${r.node_type} node ${id}`);
     const q = r.query;

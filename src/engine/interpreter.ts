@@ -116,7 +116,7 @@ export interface Effects {
    * Records a node's status; may be batched (composite nodes' results can be
    * recomputed on replay). A SQL step's completion is its checkpoint, not this.
    */
-  record(node: Node, status: 'running' | 'completed' | 'failed', stamp: string, raw: string | null): void;
+  record(node: Node, status: 'running' | 'completed' | 'failed', stamp: string, raw: string | null, broke?: boolean): void;
   /** Durably records a LOOP's current iteration before the iteration runs. */
   setIteration(node: Node, stamp: string, iteration: number): Promise<void>;
   /** Durably records (or reads back) a SLEEP's deadline. */
@@ -180,7 +180,7 @@ export async function runInstance(root: Node, ctx: InstanceContext, signal: Abor
 function done(node: Node, stamp: string): Outcome | undefined {
   const s = node.state;
   if (s.stamp !== stamp || s.raw === null) return undefined;
-  if (s.status === 'completed') return node.type === 'BREAK' ? { kind: 'break', value: s.raw } : { kind: 'ok', value: s.raw };
+  if (s.status === 'completed') return node.type === 'BREAK' || s.broke ? { kind: 'break', value: s.raw } : { kind: 'ok', value: s.raw };
   if (s.status === 'failed') return { kind: 'failed', error: parseError(s.raw) };
   return undefined;
 }
@@ -200,14 +200,15 @@ async function exec(node: Node, scope: Scope, ctx: InstanceContext, isRoot = fal
   if (out === undefined) {
     ctx.effects.record(node, 'running', scope.stamp, null);
     out = await step(node, scope, ctx, isRoot);
-    // A break passing through a composite node is not its result: on replay
-    // the node runs again and meets the recorded BREAK.
-    if (out.kind === 'break' && node.type !== 'BREAK') return out;
     remember(node, scope.stamp, out);
     if (node.type !== 'SQL' || out.kind === 'failed') {
       const raw = out.kind === 'failed' ? JSON.stringify(out.error) : out.value;
-      ctx.effects.record(node, out.kind === 'failed' ? 'failed' : 'completed', scope.stamp, raw);
+      // A composite node a break passes through ends completed, marked as left by the break:
+      // a replay meets the break again instead of taking the value for the node's result.
+      const broke = out.kind === 'break' && node.type !== 'BREAK';
+      ctx.effects.record(node, out.kind === 'failed' ? 'failed' : 'completed', scope.stamp, raw, broke);
     }
+    if (out.kind === 'break' && node.type !== 'BREAK') return out;
   }
   // |=> on SLEEP, WAIT_SCHEDULE and BREAK stores nothing.
   if (out.kind === 'ok' && node.name !== undefined && node.type !== 'SLEEP' && node.type !== 'WAIT_SCHEDULE') {
@@ -221,6 +222,7 @@ function remember(node: Node, stamp: string, out: Outcome): void {
   node.state.stamp = stamp;
   node.state.status = out.kind === 'failed' ? 'failed' : 'completed';
   node.state.raw = out.kind === 'failed' ? JSON.stringify(out.error) : out.value;
+  node.state.broke = out.kind === 'break' && node.type !== 'BREAK';
 }
 
 async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: boolean): Promise<Outcome> {

@@ -224,8 +224,8 @@ export class InstanceRunner {
           if (!signal.aborted) stepEnded('sql', began, ok);
         }
       },
-      record: (node, status, stamp, raw) => {
-        store.record({ instanceId: id, nodeId: node.id, status, stamp, raw });
+      record: (node, status, stamp, raw, broke) => {
+        store.record({ instanceId: id, nodeId: node.id, status, stamp, raw, ...(broke ? { broke } : {}) });
         changed();
       },
       setIteration: (node, stamp, iteration) => store.setIteration(id, node.id, stamp, iteration).catch(lost),

@@ -46,7 +46,8 @@ const load = (source: string, takeovers = '0'): string => `SELECT i.id AS i_id, 
        CASE WHEN row_number() OVER (PARTITION BY i.id) = 1 THEN i.vars END AS i_vars,
        r.rolname AS i_role, r.rolsuper AS i_rolsuper, r.rolcanlogin AS i_rolcanlogin,
        i.submitted_by::oid::text AS i_submitter,
-       n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at
+       n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status, n.stamp, n.iteration, n.raw_result, n.wake_at,
+       coalesce((n.status_details ->> 'break')::boolean, false) AS broke
   FROM (${source}) w(instance_id)
   CROSS JOIN LATERAL (SELECT * FROM df.instances x WHERE x.id = w.instance_id OFFSET 0) i
   LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by
@@ -124,8 +125,11 @@ const LOAD_ONE = load('SELECT $1::text');
 
 const WRITE_NODES = `UPDATE df.nodes n
           SET status = v.status, result = v.raw::jsonb, raw_result = v.raw, stamp = v.stamp, updated_at = now(),
-              wake_at = CASE WHEN n.stamp IS NOT DISTINCT FROM v.stamp THEN n.wake_at END
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(inst, id, status, stamp, raw)
+              wake_at = CASE WHEN n.stamp IS NOT DISTINCT FROM v.stamp THEN n.wake_at END,
+              -- A node a df.break passed through ended with the break: a replay meets the break again.
+              status_details = CASE WHEN v.broke THEN coalesce(n.status_details, '{}'::jsonb) || '{"break": true}'::jsonb
+                                    ELSE nullif(n.status_details - 'break', '{}'::jsonb) END
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::boolean[]) AS v(inst, id, status, stamp, raw, broke)
         WHERE n.instance_id = v.inst AND n.id = v.id
           AND EXISTS (SELECT FROM df.runs r WHERE r.instance_id = v.inst AND r.owner = $6)
           AND NOT (v.status = 'running' AND n.status IN ('completed', 'failed') AND n.stamp IS NOT DISTINCT FROM v.stamp)`;
@@ -152,6 +156,8 @@ export interface NodeWrite {
   status: 'running' | 'completed' | 'failed';
   stamp: string;
   raw: string | null;
+  /** A composite node left by a df.break passing through it (raw: the break value). */
+  broke?: boolean;
 }
 
 /** Fence of a write: $1 is the instance, $2 this executor. */
@@ -307,6 +313,7 @@ export class Store {
         batch.map((b) => b.stamp),
         batch.map((b) => b.raw),
         this.owner,
+        batch.map((b) => b.broke === true),
       ],
     });
   }

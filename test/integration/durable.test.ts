@@ -264,6 +264,9 @@ describe('loops and timers', () => {
     expect(r.result).toEqual({ done: true });
     expect((await admin.query('SELECT count(*)::int AS n FROM ticks')).rows[0].n).toBe(2);
     expect((await admin.query(`SELECT count(*)::int AS n FROM log WHERE step = 'prefix'`)).rows[0].n).toBe(1);
+    // The nodes the break passed through (the IF, the THEN) ended completed, not failed: nothing failed here.
+    const statuses = (await (await d.direct()).query(`SELECT node_type, status FROM df.nodes WHERE instance_id = $1`, [r.id])).rows;
+    expect(statuses.filter((n) => n.status !== 'completed' && n.status !== 'pending')).toEqual([]);
   });
 
   it('df.sleep waits durably and records its deadline', async () => {

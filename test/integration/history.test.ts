@@ -56,7 +56,7 @@ describe('cost independent of history', () => {
     ['load', [`'0000abcd'`]],
     // Retention with nothing to prune yet (every seeded instance is recent) must not read them all to find that out.
     ['prune', ['30', '0', '500']],
-    ['writeNodes', [`'{0000abcd}'`, `'{0000abcd}'`, `'{running}'`, `'{""}'`, `'{NULL}'`, `'${'0'.repeat(8)}-0000-4000-8000-${'0'.repeat(12)}'`]],
+    ['writeNodes', [`'{0000abcd}'`, `'{0000abcd}'`, `'{running}'`, `'{""}'`, `'{NULL}'`, `'${'0'.repeat(8)}-0000-4000-8000-${'0'.repeat(12)}'`, `'{false}'`]],
   ];
   for (const [name, params] of cases) {
     it(`the ${name} statement reaches df.instances and df.nodes by key only (generic plan, ${FINISHED} finished instances)`, async () => {

@@ -7,7 +7,7 @@ import type { Node, NodeState } from '../../src/engine/graph.js';
 import { Aborted, Parking, runInstance, Suspended, type Effects, type HttpStepRequest } from '../../src/engine/interpreter.js';
 
 let seq = 0;
-const fresh = (): NodeState => ({ status: 'pending', stamp: null, iteration: null, raw: null, wakeAt: null });
+const fresh = (): NodeState => ({ status: 'pending', stamp: null, iteration: null, raw: null, wakeAt: null, broke: false });
 const base = (name?: string) => ({ id: (++seq).toString(16).padStart(8, '0'), name, state: fresh() });
 const sql = (query: string, name?: string): Node => ({ ...base(name), type: 'SQL', query });
 const then = (left: Node, right: Node): Node => ({ ...base(), type: 'THEN', left, right });
@@ -126,9 +126,24 @@ describe('the interpreter', () => {
     expect(await runInstance(loop(sql('body'), sql('cond')), ctx(f.effects), never)).toEqual({ kind: 'ok', value: rows({ body: 1 }) });
   });
 
+  it('a composite node a break passes through is recorded completed, marked as left by the break; a replay of it breaks again', async () => {
+    const f = fake((q) => rows({ q }));
+    const inner = then(sql('before'), brk('"done"'));
+    const out = await runInstance(loop(then(inner, sql('never'))), ctx(f.effects), never);
+    expect(out).toEqual({ kind: 'ok', value: '"done"' });
+    expect(f.ran).toEqual(['before']);
+    expect(inner.state).toMatchObject({ status: 'completed', raw: '"done"', broke: true, stamp: '/1' });
+    // Replayed from that state (the loop's end not recorded yet): the body breaks again, nothing more runs.
+    const again = fake((q) => rows({ q }));
+    const body = then(inner, sql('never'));
+    body.state = { ...inner.state };
+    expect(await runInstance(loop(body), ctx(again.effects), never)).toEqual({ kind: 'ok', value: '"done"' });
+    expect(again.ran).toEqual([]);
+  });
+
   it('replay: a step recorded as completed for this stamp is not run again; its recorded result is used', async () => {
     const first = sql('SELECT 1 AS a', 'a');
-    first.state = { status: 'completed', stamp: '', iteration: null, raw: rows({ a: 1 }), wakeAt: null };
+    first.state = { status: 'completed', stamp: '', iteration: null, raw: rows({ a: 1 }), wakeAt: null, broke: false };
     const f = fake((q) => rows({ q }));
     const out = await runInstance(then(first, sql('SELECT $a')), ctx(f.effects), never);
     expect(f.ran).toEqual(['SELECT 1']);
