@@ -87,6 +87,9 @@ describe('configuration errors', () => {
     ['a missing config file', ['--config', '/nonexistent/pgdp.json'], {}, /^pg-durable-proxy: config file \/nonexistent\/pgdp.json: ENOENT/],
     ['a TLS certificate without a key', ['--tls-cert', '/x.pem'], {}, /^pg-durable-proxy: invalid setting tlsKey: tlsCert and tlsKey must be given together/],
     ['an unknown command', ['frobnicate'], {}, /^pg-durable-proxy: unknown command "frobnicate" \(see --help\)$/m],
+    ['a bad --http-allow entry', ['--http-allow', 'api.example.com,10.0.0.0/33'], {}, /^pg-durable-proxy: invalid setting httpAllow: .*10\.0\.0\.0\/33/],
+    // A secret is not repeated.
+    ['a short admin token', [], { PGDP_ADMIN_TOKEN: 'tiny-secret' }, /^pg-durable-proxy: invalid setting adminToken \(from PGDP_ADMIN_TOKEN\): \(value not shown\): expected at least 16 characters$/m],
   ];
   for (const [what, args, extraEnv, expected] of cases) {
     it(`${what}: exit 2, one line naming it, nothing started`, async () => {
