@@ -227,22 +227,13 @@ function remember(node: Node, stamp: string, out: Outcome): void {
 
 async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: boolean): Promise<Outcome> {
   switch (node.type) {
-    case 'SQL': {
-      let sql: string;
-      try {
-        sql = substituteResults(substituteVars(node.query, ctx.vars, { instanceId: ctx.instanceId, label: ctx.label }), scope.results, 'sql');
-      } catch (err) {
-        if (err instanceof StepError) return { kind: 'failed', error: err.message };
-        throw err;
-      }
-      try {
-        return { kind: 'ok', value: await busy(ctx, () => ctx.effects.runSql(node, sql, scope.stamp, scope.signal)) };
-      } catch (err) {
-        if (err instanceof Aborted || scope.signal.aborted) throw new Aborted();
-        if (err instanceof StepError) return { kind: 'failed', error: err.message };
-        throw err;
-      }
-    }
+    case 'SQL':
+      return runStep(
+        () => substituteResults(substituteVars(node.query, ctx.vars, { instanceId: ctx.instanceId, label: ctx.label }), scope.results, 'sql'),
+        (sql) => ctx.effects.runSql(node, sql, scope.stamp, scope.signal),
+        scope,
+        ctx,
+      );
     case 'THEN': {
       const left = await exec(node.left, scope, ctx);
       if (left.kind !== 'ok') return left;
@@ -306,22 +297,35 @@ async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: bool
       return { kind: 'ok', value: '{"scheduled":true}' };
     }
     case 'HTTP':
-    case 'HTTP_MULTIPART': {
-      let request: HttpStepRequest;
-      try {
-        request = httpRequest(node, scope, ctx);
-      } catch (err) {
-        if (err instanceof StepError) return { kind: 'failed', error: err.message };
-        throw err;
-      }
-      try {
-        return { kind: 'ok', value: await busy(ctx, () => ctx.effects.runHttp(node, request, scope.stamp, scope.signal)) };
-      } catch (err) {
-        if (err instanceof Aborted || scope.signal.aborted) throw new Aborted();
-        if (err instanceof StepError) return { kind: 'failed', error: err.message };
-        throw err;
-      }
-    }
+    case 'HTTP_MULTIPART':
+      return runStep(
+        () => httpRequest(node, scope, ctx),
+        (request) => ctx.effects.runHttp(node, request, scope.stamp, scope.signal),
+        scope,
+        ctx,
+      );
+  }
+}
+
+/**
+ * A step: what substitution makes of it, then its effect. A StepError from
+ * either is the step's failure; an abort stops the branch; anything else is
+ * the infrastructure's (the instance resumes later).
+ */
+async function runStep<T>(prepare: () => T, run: (prepared: T) => Promise<string>, scope: Scope, ctx: InstanceContext): Promise<Outcome> {
+  let prepared: T;
+  try {
+    prepared = prepare();
+  } catch (err) {
+    if (err instanceof StepError) return { kind: 'failed', error: err.message };
+    throw err;
+  }
+  try {
+    return { kind: 'ok', value: await busy(ctx, () => run(prepared)) };
+  } catch (err) {
+    if (err instanceof Aborted || scope.signal.aborted) throw new Aborted();
+    if (err instanceof StepError) return { kind: 'failed', error: err.message };
+    throw err;
   }
 }
 
