@@ -199,7 +199,11 @@ function send(s: Send): Promise<HttpEnvelope> {
     servername: isIpHost ? '' : name,
   };
   if (url.username !== '' || url.password !== '') {
-    options.auth = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    try {
+      options.auth = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    } catch {
+      throw new HttpFailed('invalid-request', `HTTP ${s.method} ${displayUrl(url)}: the user name or password in the URL is not valid percent-encoding`);
+    }
   }
 
   return new Promise<HttpEnvelope>((resolve, reject) => {

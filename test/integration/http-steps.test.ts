@@ -157,6 +157,12 @@ describe('df.http', () => {
     }
   });
 
+  it('a URL whose user name is not valid percent-encoding fails the step (it does not retry for ever)', async () => {
+    const r = await runWorkflow(app, `df.start(df.http(${lit(`http://%E0%A4%A@127.0.0.1:${new URL(base).port}/json`)}, 'GET'))`);
+    expect(r.status).toBe('failed');
+    expect(r.output).toMatch(/the user name or password in the URL is not valid percent-encoding/);
+  });
+
   it('an unsupported scheme or method is refused when the workflow is built', async () => {
     await expect(app.query(`SELECT df.start(df.http('ftp://example.com/x'))`)).rejects.toMatchObject({ code: '22023', message: expect.stringMatching(/^Blocked: unsupported URL scheme 'ftp'/) });
     await expect(app.query(`SELECT df.start(df.http(${lit(base)}, 'BREW'))`)).rejects.toMatchObject({ code: '22023', message: expect.stringMatching(/^Unsupported HTTP method 'BREW'/) });

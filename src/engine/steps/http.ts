@@ -56,7 +56,9 @@ export async function runHttpStep(
     }
     report('failed');
     if (err instanceof HttpFailed) throw new StepError(err.message);
-    throw err;
+    // Anything else the request threw is still this step's (a URL Node refuses, say): were it
+    // taken for the infrastructure's, the instance would retry for ever, holding its slot.
+    throw new StepError(`HTTP ${req.method} ${displayUrlText(req.url)} failed: ${(err as Error).message}`);
   }
   report(envelope.status >= 500 ? 'server_error' : envelope.status >= 400 ? 'client_error' : 'success');
   if (envelope.status >= 500) throw new StepError(statusMessage(req.method, displayUrlText(req.url), envelope));
