@@ -7,6 +7,7 @@ import type pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Console } from '../../src/admin/console/index.js';
+import { SESSIONS_PER_ROLE } from '../../src/admin/console/sessions.js';
 import { AdminServer } from '../../src/admin/server.js';
 import { loadConfig } from '../../src/config.js';
 import { connectionTargets } from '../../src/engine/targets.js';
@@ -278,6 +279,33 @@ describe('sign-in', () => {
   });
 });
 
+describe('limits', () => {
+  it('one role holds at most a few sessions (each is a database connection): a newer sign-in ends its oldest', async () => {
+    const visitors: Visitor[] = [];
+    for (let i = 0; i < SESSIONS_PER_ROLE + 3; i++) visitors.push(await new Visitor().as(BOB));
+    const conns = await (await d.direct()).query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND application_name = 'pg-durable-proxy console'`,
+      [BOB],
+    );
+    expect(conns.rows[0]!.n).toBeLessThanOrEqual(SESSIONS_PER_ROLE);
+    expect((await visitors[0]!.req('/console/api/instances')).status).toBe(401);
+    expect((await visitors.at(-1)!.req('/console/api/instances')).status).toBe(200);
+    for (const v of visitors) await v.req('/console/api/logout', { method: 'POST', body: {} });
+  });
+
+  it('refuses control characters in a role, a database or a password (a NUL would add startup parameters)', async () => {
+    for (const body of [
+      { role: `${ALICE}\u0000options\u0000-c search_path=public`, password: `${ALICE}-pw` },
+      { role: ALICE, password: `${ALICE}-pw`, database: `${'x'}\u0000work_mem\u00001MB` },
+      { role: ALICE, password: `${ALICE}-pw\n` },
+    ]) {
+      const r = await new Visitor().login(body);
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      expect(r.body.error).toMatch(/contains a control character/);
+    }
+  });
+});
+
 describe('who sees what', () => {
   let a1: string;
   let a2: string;
@@ -447,6 +475,17 @@ describe('live updates', () => {
     } finally {
       s.close();
     }
+  });
+
+  it('a stream for an instance the role cannot see says gone once and ends: it does not answer at each change of it', async () => {
+    const other = await start(bob, `df.wait_for_signal('later', 60)`, 'bob-hidden');
+    const va = await new Visitor().as(ALICE);
+    const res = await fetch(`${base}/console/api/events?instance=${other}`, { headers: { cookie: va.cookie! } });
+    expect(res.status).toBe(200);
+    // The stream ends by itself: the whole body can be read.
+    const text = await res.text();
+    expect(text.match(/^event: gone$/gm)).toHaveLength(1);
+    await bob.query('SELECT df.cancel($1)', [other]);
   });
 
   it('a stream ends when its session signs out', async () => {

@@ -47,7 +47,7 @@ export interface ConsoleOptions {
   idleMs?: number;
   /** A session ends this long after sign-in (default 12 hours). */
   maxAgeMs?: number;
-  /** Sessions at once (default 256). */
+  /** Sessions at once (default 64; each role session holds a database connection). */
   maxSessions?: number;
 }
 
@@ -56,6 +56,9 @@ const BODY_LIMIT = 1024 * 1024;
 function str(v: unknown, what: string, max: number): string {
   if (typeof v !== 'string') throw new HttpError(400, `${what} is required`);
   if (v.length > max) throw new HttpError(400, `${what} is longer than ${max} characters`);
+  // A NUL would end the value in the startup packet and start another parameter there.
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(v)) throw new HttpError(400, `${what} contains a control character`);
   return v;
 }
 
@@ -87,7 +90,7 @@ export class Console {
       ...(opts.adminToken !== undefined ? { adminToken: opts.adminToken } : {}),
       idleMs: opts.idleMs ?? 30 * 60_000,
       maxAgeMs: opts.maxAgeMs ?? 12 * 3600_000,
-      maxSessions: opts.maxSessions ?? 256,
+      maxSessions: opts.maxSessions ?? 64,
       log: opts.log,
     });
     this.hub = new LiveHub(opts.events);

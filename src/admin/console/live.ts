@@ -117,7 +117,11 @@ export class LiveHub {
           return;
         }
         if (!now) {
+          // Not there, or not this role's: said once and the stream ends. Staying subscribed would
+          // answer again at each change of it, telling another role's instance from none.
           send('gone', { id: instance });
+          gone();
+          res.end();
           return;
         }
         if (!last) send('snapshot', now);

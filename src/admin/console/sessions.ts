@@ -60,6 +60,10 @@ const MAX_FAILURES = 10;
 const FAIL_WINDOW_MS = 5 * 60_000;
 /** Sign-ins in flight at once (each opens a connection to the upstream). */
 const MAX_PENDING_SIGN_INS = 16;
+/** Sessions one role holds in one database at once; another sign-in ends the oldest. */
+export const SESSIONS_PER_ROLE = 4;
+/** Sessions kept for the operator token whatever the roles do. */
+const OPERATOR_RESERVE = 8;
 
 const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
 
@@ -137,7 +141,10 @@ export class Sessions {
           this.failed(address);
           throw new HttpError(401, 'sign-in failed: wrong role name or password (or the server does not let this role in)');
         }
-        if (code === '3D000') throw new HttpError(400, `database "${database}" does not exist`);
+        if (code === '3D000') {
+          this.failed(address); // counted too: no endless probing for which databases exist
+          throw new HttpError(400, `database "${database}" does not exist`);
+        }
         if (code === '53300') throw new HttpError(503, 'the database server has no free connection slots');
         throw new HttpError(502, `cannot reach the database server: ${(err as Error).message}`);
       }
@@ -239,7 +246,15 @@ export class Sessions {
   }
 
   private add(s: Omit<Held, 'id' | 'csrf' | 'created' | 'lastSeen' | 'streams'>): Held {
-    if (this.sessions.size >= this.opts.maxSessions) {
+    // One role holds a few sessions at most (each role session is a database connection): a new
+    // sign-in ends its oldest, so no tenant can take the console's room, or the server's connections.
+    if (s.kind === 'role') {
+      const mine = [...this.sessions.values()].filter((o) => o.kind === 'role' && o.role === s.role && o.database === s.database);
+      if (mine.length >= SESSIONS_PER_ROLE) void this.end(mine[0]!.id, 'replaced by a newer sign-in of the role');
+    }
+    // Some room is kept for the operator, whatever the roles do.
+    const room = s.kind === 'operator' ? this.opts.maxSessions : this.opts.maxSessions - OPERATOR_RESERVE;
+    if (this.sessions.size >= room) {
       void s.release();
       throw new HttpError(503, 'too many console sessions: try again later');
     }
@@ -293,7 +308,8 @@ export class Sessions {
     const list = this.failures.get(address) ?? [];
     list.push(Date.now());
     this.failures.set(address, list);
-    if (this.failures.size > 10_000) this.failures.clear();
+    // The oldest address goes first (a Map keeps insertion order): a flood of new addresses cannot reset the others.
+    while (this.failures.size > 10_000) this.failures.delete(this.failures.keys().next().value!);
   }
 
   private sweep(): void {

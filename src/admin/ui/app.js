@@ -696,7 +696,11 @@ async function instancePage(id) {
   live(`api/events?instance=${id}`, {
     snapshot: (d) => apply(d, true),
     update: (d) => apply(d, false),
-    gone: () => toast('This instance is gone (pruned, or no longer visible to you).', 'error'),
+    gone: () => {
+      // The server ends the stream after saying so: no reconnecting to hear it again.
+      closeLive();
+      toast('This instance is gone (pruned, or no longer visible to you).', 'error');
+    },
     problem: (d) => toast(d.error, 'error'),
   });
   state.timers.push(
