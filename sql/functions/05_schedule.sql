@@ -35,6 +35,10 @@ BEGIN
   IF expr IS NULL THEN
     RETURN 'the expression is NULL';
   END IF;
+  -- Bounded: the executor evaluates it at every tick, on a loop it shares with everyone.
+  IF pg_catalog.length(expr) > 256 THEN
+    RETURN 'the expression is longer than 256 characters';
+  END IF;
   IF pg_catalog.left(e, 1) = '@' THEN
     CASE pg_catalog.lower(e)
       WHEN '@yearly', '@annually' THEN e := '0 0 1 1 *';

@@ -4,7 +4,8 @@
 import type { Node } from './graph.js';
 import { LIMITS } from '../workflow/model.js';
 import { StepError, substituteResults, substituteVars, truthy } from './substitute.js';
-import { nextTick, parseSchedule, ScheduleError } from '../schedule/cron.js';
+import { nextTick, parseSchedule, ScheduleError, type Schedule } from '../schedule/cron.js';
+import { memoized } from './memo.js';
 
 export type Outcome =
   | { kind: 'ok'; value: string }
@@ -287,7 +288,7 @@ async function step(node: Node, scope: Scope, ctx: InstanceContext, isRoot: bool
       try {
         const now = ctx.effects.now();
         // The tick is computed on the schedule's clock and waited for on this one.
-        at = new Date(Date.now() + (nextTick(parseSchedule(node.cron, node.timeZone), new Date(now)).getTime() - now));
+        at = new Date(Date.now() + (nextTick(schedule(node.cron, node.timeZone), new Date(now)).getTime() - now));
       } catch (err) {
         if (err instanceof ScheduleError) return { kind: 'failed', error: err.message };
         throw err;
@@ -327,6 +328,15 @@ async function runStep<T>(prepare: () => T, run: (prepared: T) => Promise<string
     if (err instanceof StepError) return { kind: 'failed', error: err.message };
     throw err;
   }
+}
+
+/** Parsed schedules, by time zone and expression: a recurring job's loop parses its one expression once. */
+const schedules = memoized((key: string) => {
+  const at = key.indexOf('\0');
+  return parseSchedule(key.slice(at + 1), at === 0 ? null : key.slice(0, at));
+}, 1000);
+function schedule(cron: string, timeZone: string | null): Schedule {
+  return schedules(`${timeZone ?? ''}\0${cron}`);
 }
 
 function waitUntil(ctx: InstanceContext, until: number, signal: AbortSignal): Promise<void> {

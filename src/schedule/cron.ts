@@ -85,7 +85,11 @@ const ELEMENT = /^(?:\*(?:\/([0-9]+))?|([0-9]+|[A-Za-z]+)(?:-([0-9]+|[A-Za-z]+)(
 
 type Normalised = { pattern: string; fixedTime: boolean } | { error: string };
 
+/** Longest expression taken: the executor evaluates it at every tick, on a loop it shares with everyone. */
+export const MAX_EXPRESSION_LENGTH = 256;
+
 function normalise(expr: string): Normalised {
+  if (expr.length > MAX_EXPRESSION_LENGTH) return { error: `the expression is longer than ${MAX_EXPRESSION_LENGTH} characters` };
   let text = expr.replace(TRIM, '');
   if (text.startsWith('@')) {
     const macro = MACROS[text.toLowerCase()];

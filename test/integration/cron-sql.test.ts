@@ -125,6 +125,8 @@ const HAND_PICKED = [
   '* * * * +1', '* * * * 5L', '0\u00a00 * * * *', '1,,2 * * * *', '1, * * * *', ',1 * * * *', '* * * * MONDAY', '* * * * JAN',
   '* * * MON *', 'MON * * * *', '0 0 30 2 *', '0 0 31 apr,jun,sep,nov *', '0 0 30-31 FEB *', '0 0 29-31/2 2 *', '0 0 L * *',
   '0 0 1 1 * ', '\t0 0 1 1 *', '0 0 1 1 *\r\n', '0 0 1 1 *\u000b', 'jan * * * *', '* * * DEC-JAN *', '* * * dec *',
+  // Bounded length: 256 characters is the most (here 255 and 257 characters, valid fields).
+  `${'5,'.repeat(123)}5 * * * *`, `${'5,'.repeat(124)}5 * * * *`,
 ];
 
 describe('df._cron_error against parseSchedule', () => {

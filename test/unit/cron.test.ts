@@ -374,3 +374,10 @@ describe('refused expressions', () => {
     expect(ticks('0 0 30 2 MON', '2024-01-01T00:00:00Z', 2)).toEqual(['2024-02-05T00:00:00Z', '2024-02-12T00:00:00Z']);
   });
 });
+
+describe('bounded expressions', () => {
+  it('refuses an expression longer than 256 characters (the executor evaluates it at every tick)', () => {
+    expect(() => parseSchedule(`${'5,'.repeat(123)}5 * * * *`)).not.toThrow();
+    expect(() => parseSchedule(`${'5,'.repeat(124)}5 * * * *`)).toThrow(/^Invalid cron expression '.*': the expression is longer than 256 characters$/);
+  });
+});
