@@ -522,6 +522,16 @@ BEGIN
     RAISE EXCEPTION 'Instance % has already finished (%): signal ''%'' was not delivered', p_instance, st, p_name
       USING ERRCODE = '55000';
   END IF;
+  -- Bounded: a payload becomes a step's result (the executor's limit on those holds), and an
+  -- instance keeps at most 1000 signals no wait has taken.
+  IF octet_length(p_data) > coalesce(df._setting('max_step_result')::bigint, 64 * 1024 * 1024) THEN
+    RAISE EXCEPTION 'df.signal: the payload (% bytes) is larger than the limit of % bytes (--max-step-result)',
+      octet_length(p_data), coalesce(df._setting('max_step_result')::bigint, 64 * 1024 * 1024) USING ERRCODE = '54000';
+  END IF;
+  IF (SELECT count(*) FROM (SELECT 1 FROM df.signals s WHERE s.instance_id = p_instance AND s.taken_at IS NULL LIMIT 1000) k) >= 1000 THEN
+    RAISE EXCEPTION 'Instance % already keeps 1000 signals no wait has taken: signal ''%'' was not kept', p_instance, p_name
+      USING ERRCODE = '54000';
+  END IF;
   BEGIN
     PERFORM p_data::jsonb;
     payload := p_data;

@@ -96,10 +96,10 @@ export class DatabaseWorker {
         // What df.start checks without the proxy: databases => NULL means every database.
         await client.query(
           `INSERT INTO df.settings (name, value)
-           SELECT * FROM unnest(ARRAY['allow_superuser_instances', 'proxy_version', 'databases'], ARRAY[$1, $2, $3]) AS s(name, value)
+           SELECT * FROM unnest(ARRAY['allow_superuser_instances', 'proxy_version', 'databases', 'max_step_result'], ARRAY[$1, $2, $3, $4]) AS s(name, value)
             WHERE value IS NOT NULL
            ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`,
-          [String(opts.allowSuperuserInstances), VERSION, opts.databases?.join(',') ?? null],
+          [String(opts.allowSuperuserInstances), VERSION, opts.databases?.join(',') ?? null, String(opts.maxStepResult)],
         );
         if (!opts.databases) await client.query(`DELETE FROM df.settings WHERE name = 'databases'`);
       } finally {

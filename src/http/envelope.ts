@@ -71,7 +71,13 @@ function decoderFor(charset: string | undefined): TextDecoder {
   return new TextDecoder('utf-8');
 }
 
-export function encodeBody(bytes: Buffer, contentType: string | undefined): { body: string; encoding: BodyEncoding } {
+/**
+ * `contentEncoding`: a compressed body (gzip, br, ...) is kept as its bytes,
+ * base64: responses are never decompressed (no decompression bomb), and
+ * compressed bytes are no text whatever the Content-Type says.
+ */
+export function encodeBody(bytes: Buffer, contentType: string | undefined, contentEncoding?: string): { body: string; encoding: BodyEncoding } {
+  if (contentEncoding !== undefined && !/^\s*(identity)?\s*$/i.test(contentEncoding)) return { body: bytes.toString('base64'), encoding: 'base64' };
   const media = contentType === undefined ? undefined : parseMediaType(contentType);
   if (media !== undefined && declaresText(media.essence)) {
     // Declared text is text even when it is not valid in its charset (replacement characters, never an error).

@@ -255,7 +255,7 @@ function send(s: Send): Promise<HttpEnvelope> {
         const status = res.statusCode ?? 0;
         finish(undefined, {
           status,
-          ...encodeBody(bytes, res.headers['content-type']),
+          ...encodeBody(bytes, res.headers['content-type'], res.headers['content-encoding']),
           headers: responseHeaders(res.rawHeaders),
           ok: status >= 200 && status < 300,
           duration_ms: Math.round(performance.now() - s.started),

@@ -95,6 +95,27 @@ describe('df.wait_for_signal and df.signal', () => {
     await expect(app.query(`SELECT df.signal($1, '')`, [r.id])).rejects.toMatchObject({ message: 'Signal name must not be empty' });
   });
 
+  it('bounded: a payload over the step-result limit is refused; an instance keeps at most 1000 signals no wait has taken', async () => {
+    const id = await start(app, `df.wait_for_signal('never-sent', 60)`);
+    const limit = Number((await su.query(`SELECT value FROM df.settings WHERE name = 'max_step_result'`)).rows[0].value);
+    expect(limit).toBe(64 * 1024 * 1024);
+    await su.query(`UPDATE df.settings SET value = '1000' WHERE name = 'max_step_result'`);
+    try {
+      await expect(app.query(`SELECT df.signal($1, 'big', $2)`, [id, JSON.stringify('x'.repeat(2000))])).rejects.toMatchObject({
+        code: '54000',
+        message: expect.stringMatching(/^df\.signal: the payload \(2002 bytes\) is larger than the limit of 1000 bytes/),
+      });
+    } finally {
+      await su.query(`UPDATE df.settings SET value = $1 WHERE name = 'max_step_result'`, [String(limit)]);
+    }
+    await app.query(`SELECT df.signal($1, 'other', '{}') FROM generate_series(1, 1000)`, [id]);
+    await expect(app.query(`SELECT df.signal($1, 'other', '{}')`, [id])).rejects.toMatchObject({
+      code: '54000',
+      message: `Instance ${id} already keeps 1000 signals no wait has taken: signal 'other' was not kept`,
+    });
+    await app.query('SELECT df.cancel($1)', [id]);
+  });
+
   it("another role's instance cannot be signalled: it is not found", async () => {
     await createRoles(['pgdp_sig_bob']);
     await su.query(`SELECT df.grant_usage('pgdp_sig_bob')`);

@@ -1,4 +1,5 @@
 // Response body encoding (text or base64) and error previews.
+import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { encodeBody, errorPreview, statusMessage } from '../../src/http/index.js';
 
@@ -79,5 +80,13 @@ describe('errorPreview', () => {
     expect(statusMessage('GET', 'https://api.example.com/', { status: 500, body: '', encoding: 'text' })).toBe(
       'HTTP GET https://api.example.com/ returned 500',
     );
+  });
+});
+
+describe('compressed bodies', () => {
+  it('a Content-Encoding other than identity keeps the bytes as base64, whatever the Content-Type says', () => {
+    const gz = gzipSync(Buffer.from('{"a": 1}'));
+    expect(encodeBody(gz, 'application/json', 'gzip')).toEqual({ body: gz.toString('base64'), encoding: 'base64' });
+    expect(encodeBody(Buffer.from('plain'), 'text/plain', 'identity')).toEqual({ body: 'plain', encoding: 'text' });
   });
 });
