@@ -71,8 +71,12 @@ export class Parking {
     const w = { until, awaits, poke: poked };
     this.waits.add(w);
     this.check();
+    // The timer ends with the wait, however it ends: a poked wait leaves no timer (nor abort listener) behind.
+    const local = new AbortController();
+    const stop = (): void => local.abort();
+    signal.addEventListener('abort', stop, { once: true });
     try {
-      const timer = delay(until - Date.now(), signal);
+      const timer = delay(until - Date.now(), local.signal);
       if (pokedP) {
         timer.catch(() => {}); // the race below sees an abort through the signal check
         await Promise.race([timer, pokedP]);
@@ -81,6 +85,8 @@ export class Parking {
         await timer;
       }
     } finally {
+      signal.removeEventListener('abort', stop);
+      local.abort();
       this.waits.delete(w);
     }
   }

@@ -1,6 +1,7 @@
 // The interpreter against fake effects: order, results, failures, JOIN and
 // RACE, loops and breaks, replay from recorded state, and when an instance
 // parks. No database: every effect is a function of this file.
+import { getEventListeners } from 'node:events';
 import { loadModule } from 'libpg-query';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Node, NodeState } from '../../src/engine/graph.js';
@@ -240,6 +241,24 @@ describe('signal waits', () => {
     f.signals.set('go', ['42']);
     parking.poke();
     expect(await running).toEqual({ kind: 'ok', value: '{"signal_name":"go","timed_out":false,"data":42}' });
+  });
+
+  it('pokes with nothing to take leave no timers or abort listeners behind', async () => {
+    const f = fake();
+    const parking = new Parking(60_000, () => {
+      throw new Error('must not park');
+    });
+    const abort = new AbortController();
+    const running = runInstance(signalNode('go', 1000), ctx(f.effects, parking), abort.signal);
+    while (f.deadlines.size === 0) await turn();
+    for (let i = 0; i < 50; i++) {
+      parking.poke();
+      await turn();
+    }
+    expect(getEventListeners(abort.signal, 'abort').length).toBeLessThanOrEqual(2);
+    f.signals.set('go', ['1']);
+    parking.poke();
+    expect((await running).kind).toBe('ok');
   });
 
   it('a wait past its deadline ends timed out, durably, and parks until the deadline otherwise', async () => {
