@@ -21,7 +21,12 @@ export interface AdminOptions {
   registries?: Registry[];
   /** More of the admin endpoint (the console), asked before the 404. */
   handlers?: AdminHandler[];
+  /** How long a client may take to send a request's headers (default 10 s): a slow client cannot hold a socket. */
+  headersTimeoutMs?: number;
 }
+
+/** Connections the admin endpoint holds at once (the console's live streams count). */
+const MAX_CONNECTIONS = 1024;
 
 function registry(stats: ProxyStats): Registry {
   const reg = new Registry();
@@ -71,7 +76,9 @@ export class AdminServer {
       application_name: 'pg-durable-proxy:health',
     });
     this.pool.on('error', () => undefined); // an idle probe connection that dies is simply replaced
-    this.server = http.createServer((req, res) => {
+    const headersTimeout = opts.headersTimeoutMs ?? 10_000;
+    // Slow clients (a request's headers a byte at a time) are cut off: checked often enough to matter.
+    this.server = http.createServer({ headersTimeout, requestTimeout: headersTimeout * 3, connectionsCheckingInterval: Math.min(1000, headersTimeout) }, (req, res) => {
       const url = req.url?.split('?')[0];
       for (const handle of opts.handlers ?? []) if (handle(req, res)) return;
       if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -92,6 +99,7 @@ export class AdminServer {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /healthz or /metrics\n');
       }
     });
+    this.server.maxConnections = MAX_CONNECTIONS;
   }
 
   private async health(): Promise<void> {

@@ -1,4 +1,5 @@
 // The admin endpoint: /healthz follows the upstream, /metrics follows the traffic.
+import net from 'node:net';
 import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -71,6 +72,24 @@ describe('admin HTTP endpoint', () => {
     expect(metric(after, 'pgdp_bytes_from_clients_total')).toBeGreaterThan(metric(before, 'pgdp_bytes_from_clients_total'));
     expect(after).toMatch(/^# TYPE pgdp_queries_total counter$/m);
     expect(after).toMatch(/^pgdp_process_resident_memory_bytes \d+/m);
+  });
+
+  it('cuts off a client that sends its request headers too slowly (slowloris)', async () => {
+    const slow = new AdminServer({ host: '127.0.0.1', port: 0, stats: p.proxy.stats, probeUrl: env().adminUrl, log: pino({ level: 'silent' }), headersTimeoutMs: 300 });
+    const a = await slow.listen();
+    try {
+      const sock = net.connect(a.port, a.host);
+      await new Promise((r) => sock.once('connect', r));
+      sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n'); // and never the blank line
+      const reply = await new Promise<string>((resolve) => {
+        let got = '';
+        sock.on('data', (d) => (got += d));
+        sock.on('close', () => resolve(got));
+      });
+      expect(reply).toMatch(/^HTTP\/1\.1 408/);
+    } finally {
+      await slow.close();
+    }
   });
 
   it('answers unknown paths with 404 and other methods with 405', async () => {
