@@ -232,7 +232,8 @@ describe('signal waits', () => {
 
   it('a signal arriving while the wait is in memory is taken when the wait is poked', async () => {
     const f = fake();
-    const parking = new Parking(60_000, () => {
+    // Parking only waits past 10 000 s: this 1000 s wait stays in memory.
+    const parking = new Parking(10_000_000, () => {
       throw new Error('must not park');
     });
     const running = runInstance(signalNode('go', 1000), ctx(f.effects, parking), never);
@@ -245,7 +246,8 @@ describe('signal waits', () => {
 
   it('pokes with nothing to take leave no timers or abort listeners behind', async () => {
     const f = fake();
-    const parking = new Parking(60_000, () => {
+    // Parking only waits past 10 000 s: this 1000 s wait stays in memory.
+    const parking = new Parking(10_000_000, () => {
       throw new Error('must not park');
     });
     const abort = new AbortController();
