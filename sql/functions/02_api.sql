@@ -77,8 +77,6 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._caller(uuid) FROM PUBLIC;
 
--- Flattens a graph into df.nodes rows for instance p_instance (pre-order,
--- fresh 8-hex ids) and returns the root node's id.
 -- Whether `config` is a JSON object with the key `key` (a node's configuration, as the builders write it).
 CREATE OR REPLACE FUNCTION df._is_config(config text, key text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -88,10 +86,22 @@ EXCEPTION WHEN others THEN
   RETURN false;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION df._is_config(text, text) FROM PUBLIC;
+-- Pure, and df.explain's dry run (as the caller) checks graphs with it: callable by everyone with df usage.
+GRANT EXECUTE ON FUNCTION df._is_config(text, text) TO PUBLIC;
 
-CREATE OR REPLACE FUNCTION df._insert_nodes(p_instance text, p_graph jsonb, p_database text, p_submitter regrole) RETURNS text
-LANGUAGE plpgsql
+-- Flattens a graph into the rows df.nodes holds (pre-order; an IF's or
+-- LOOP's condition and a JOIN's extra branches referenced from the
+-- configuration), checking every node's shape and df.start's limits on the
+-- way. Ids are fresh 8-hex ids, or N1, N2, ... for a dry run (df.explain).
+-- The one walk of a graph: df.start stores what it gives, df.explain draws it.
+CREATE OR REPLACE FUNCTION df._flat_id(p_dry boolean, p_n int) RETURNS text LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT CASE WHEN p_dry THEN 'N' || p_n ELSE df._new_id() END
+$$;
+
+CREATE OR REPLACE FUNCTION df._flatten(p_graph jsonb, p_dry boolean,
+  OUT o_id text[], OUT o_type text[], OUT o_query text[], OUT o_name text[], OUT o_left text[], OUT o_right text[])
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   stack jsonb[];
@@ -109,125 +119,128 @@ DECLARE
   extra text[];
   e jsonb;
   count int := 0;
-  o_id text[] := '{}';
-  o_type text[] := '{}';
-  o_query text[] := '{}';
-  o_name text[] := '{}';
-  o_left text[] := '{}';
-  o_right text[] := '{}';
-  root text := df._new_id();
+  drawn int := 1;
+BEGIN
+  o_id := '{}'; o_type := '{}'; o_query := '{}'; o_name := '{}'; o_left := '{}'; o_right := '{}';
+  stack := ARRAY[p_graph]; stack_ids := ARRAY[df._flat_id(p_dry, 1)]; stack_depth := ARRAY[1]; top := 1;
+  WHILE top > 0 LOOP
+    n := stack[top]; nid := stack_ids[top]; d := stack_depth[top]; top := top - 1;
+    count := count + 1;
+    IF count > 10000 THEN
+      RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000' USING ERRCODE = '54000';
+    END IF;
+    IF d > 256 THEN
+      RAISE EXCEPTION 'Workflow exceeds maximum nesting depth of 256' USING ERRCODE = '54000';
+    END IF;
+    -- Hand-written graphs come here unchecked: every malformed shape gets the DSL builders' error.
+    IF jsonb_typeof(n) IS DISTINCT FROM 'object' OR jsonb_typeof(n -> 'node_type') IS DISTINCT FROM 'string'
+       OR NOT coalesce((n ->> 'node_type') = ANY (df._valid_types()), false) THEN
+      RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. Valid types: %',
+        coalesce(n ->> 'node_type', 'null'), array_to_string(df._valid_types(), ', ') USING ERRCODE = '22023';
+    END IF;
+    t := n ->> 'node_type';
+    FOREACH q IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
+      IF n ? q AND jsonb_typeof(n -> q) NOT IN ('object', 'null') THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: % must be an object, not %', q, jsonb_typeof(n -> q) USING ERRCODE = '22023';
+      END IF;
+    END LOOP;
+    IF n ? 'query' AND jsonb_typeof(n -> 'query') NOT IN ('string', 'null') THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: query must be a string, not %', jsonb_typeof(n -> 'query') USING ERRCODE = '22023';
+    END IF;
+    IF n ? 'result_name' AND jsonb_typeof(n -> 'result_name') <> 'null'
+       AND (jsonb_typeof(n -> 'result_name') <> 'string' OR (n ->> 'result_name') !~ '^[A-Za-z_][A-Za-z0-9_]*$') THEN
+      RAISE EXCEPTION 'invalid result name ''%'': a result name is a letter or underscore followed by letters, digits or underscores',
+        n ->> 'result_name' USING ERRCODE = '22023';
+    END IF;
+    IF n ? 'condition_node' AND t NOT IN ('IF', 'LOOP') THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: condition_node is only allowed on IF and LOOP, not %', t USING ERRCODE = '22023';
+    END IF;
+    IF n ? 'extra_nodes' AND t <> 'JOIN' THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: extra_nodes is only allowed on JOIN, not %', t USING ERRCODE = '22023';
+    END IF;
+    lid := NULL; rid := NULL; cid := NULL; extra := NULL;
+    q := n ->> 'query';
+    IF jsonb_typeof(n -> 'left_node') = 'object' THEN
+      drawn := drawn + 1; lid := df._flat_id(p_dry, drawn); top := top + 1; stack[top] := n -> 'left_node'; stack_ids[top] := lid; stack_depth[top] := d + 1;
+    END IF;
+    IF jsonb_typeof(n -> 'right_node') = 'object' THEN
+      drawn := drawn + 1; rid := df._flat_id(p_dry, drawn); top := top + 1; stack[top] := n -> 'right_node'; stack_ids[top] := rid; stack_depth[top] := d + 1;
+    END IF;
+    IF jsonb_typeof(n -> 'condition_node') = 'object' THEN
+      drawn := drawn + 1; cid := df._flat_id(p_dry, drawn); top := top + 1; stack[top] := n -> 'condition_node'; stack_ids[top] := cid; stack_depth[top] := d + 1;
+      q := '{"condition_node":"' || cid || '"}';
+    END IF;
+    IF jsonb_typeof(n -> 'extra_nodes') = 'array' AND jsonb_array_length(n -> 'extra_nodes') > 0 THEN
+      extra := '{}';
+      FOR e IN SELECT x FROM jsonb_array_elements(n -> 'extra_nodes') AS x LOOP
+        drawn := drawn + 1; cid := df._flat_id(p_dry, drawn); extra := extra || cid;
+        top := top + 1; stack[top] := e; stack_ids[top] := cid; stack_depth[top] := d + 1;
+      END LOOP;
+      q := '{"extra_nodes":' || to_json(extra)::text || '}';
+    END IF;
+    IF t IN ('SQL', 'SLEEP', 'WAIT_SCHEDULE', 'BREAK', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+      IF lid IS NOT NULL OR rid IS NOT NULL OR q IS NULL THEN
+        RAISE EXCEPTION 'Malformed Durofut JSON: a % node takes a query and no children', t USING ERRCODE = '22023';
+      END IF;
+    ELSIF t IN ('THEN', 'JOIN', 'RACE', 'IF') AND (lid IS NULL OR rid IS NULL) THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: a % node needs left_node and right_node', t USING ERRCODE = '22023';
+    ELSIF t = 'IF' AND q IS NULL THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: an IF node needs a condition_node' USING ERRCODE = '22023';
+    ELSIF t = 'LOOP' AND (lid IS NULL OR rid IS NOT NULL) THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes a body (left_node) only' USING ERRCODE = '22023';
+    END IF;
+    -- The configurations the executor reads (src/engine/graph.ts), as the builders write them.
+    IF t = 'SLEEP' AND q !~ '^\s*[0-9]+\s*$' THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: a SLEEP node takes its duration in whole seconds, not %', q USING ERRCODE = '22023';
+    ELSIF t = 'BREAK' AND NOT df._is_config(q, 'break_value') THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: a BREAK node takes {"break_value": ...}, not %', q USING ERRCODE = '22023';
+    ELSIF t = 'IF' AND jsonb_typeof(n -> 'condition_node') IS DISTINCT FROM 'object' AND NOT df._is_config(q, 'result_name') THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: an IF node needs a condition_node (or a result_has_rows condition), not %', q USING ERRCODE = '22023';
+    ELSIF t = 'LOOP' AND jsonb_typeof(n -> 'condition_node') IS DISTINCT FROM 'object' AND q IS NOT NULL THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes its condition as a condition_node, not %', q USING ERRCODE = '22023';
+    ELSIF t = 'JOIN' AND extra IS NULL AND q IS NOT NULL THEN
+      RAISE EXCEPTION 'Malformed Durofut JSON: a JOIN node takes more branches as extra_nodes, not %', q USING ERRCODE = '22023';
+    ELSIF t IN ('SIGNAL', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART') AND df._config_error(t, q) IS NOT NULL THEN
+      RAISE EXCEPTION '%', df._config_error(t, q) USING ERRCODE = '22023';
+    END IF;
+    IF t IN ('THEN', 'RACE') THEN
+      q := NULL;
+    END IF;
+    o_id[count] := nid; o_type[count] := t; o_query[count] := q; o_name[count] := n ->> 'result_name';
+    o_left[count] := lid; o_right[count] := rid;
+  END LOOP;
+END
+$$;
+
+-- Stores a graph as df.nodes rows for instance p_instance and returns the
+-- root node's id.
+CREATE OR REPLACE FUNCTION df._insert_nodes(p_instance text, p_graph jsonb, p_database text, p_submitter regrole) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  f record;
   tries int := 0;
 BEGIN
-  <<attempt>>
   LOOP
-    stack := ARRAY[p_graph]; stack_ids := ARRAY[root]; stack_depth := ARRAY[1]; top := 1; count := 0;
-    o_id := '{}'; o_type := '{}'; o_query := '{}'; o_name := '{}'; o_left := '{}'; o_right := '{}';
-    WHILE top > 0 LOOP
-      n := stack[top]; nid := stack_ids[top]; d := stack_depth[top]; top := top - 1;
-      count := count + 1;
-      IF count > 10000 THEN
-        RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000' USING ERRCODE = '54000';
-      END IF;
-      IF d > 256 THEN
-        RAISE EXCEPTION 'Workflow exceeds maximum nesting depth of 256' USING ERRCODE = '54000';
-      END IF;
-      -- Hand-written graphs come here unchecked: every malformed shape gets the DSL builders' error.
-      IF jsonb_typeof(n) IS DISTINCT FROM 'object' OR jsonb_typeof(n -> 'node_type') IS DISTINCT FROM 'string'
-         OR NOT coalesce((n ->> 'node_type') = ANY (df._valid_types()), false) THEN
-        RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. Valid types: %',
-          coalesce(n ->> 'node_type', 'null'), array_to_string(df._valid_types(), ', ') USING ERRCODE = '22023';
-      END IF;
-      t := n ->> 'node_type';
-      FOREACH q IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
-        IF n ? q AND jsonb_typeof(n -> q) NOT IN ('object', 'null') THEN
-          RAISE EXCEPTION 'Malformed Durofut JSON: % must be an object, not %', q, jsonb_typeof(n -> q) USING ERRCODE = '22023';
-        END IF;
-      END LOOP;
-      IF n ? 'query' AND jsonb_typeof(n -> 'query') NOT IN ('string', 'null') THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: query must be a string, not %', jsonb_typeof(n -> 'query') USING ERRCODE = '22023';
-      END IF;
-      IF n ? 'result_name' AND jsonb_typeof(n -> 'result_name') <> 'null'
-         AND (jsonb_typeof(n -> 'result_name') <> 'string' OR (n ->> 'result_name') !~ '^[A-Za-z_][A-Za-z0-9_]*$') THEN
-        RAISE EXCEPTION 'invalid result name ''%'': a result name is a letter or underscore followed by letters, digits or underscores',
-          n ->> 'result_name' USING ERRCODE = '22023';
-      END IF;
-      IF n ? 'condition_node' AND t NOT IN ('IF', 'LOOP') THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: condition_node is only allowed on IF and LOOP, not %', t USING ERRCODE = '22023';
-      END IF;
-      IF n ? 'extra_nodes' AND t <> 'JOIN' THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: extra_nodes is only allowed on JOIN, not %', t USING ERRCODE = '22023';
-      END IF;
-      lid := NULL; rid := NULL; cid := NULL; extra := NULL;
-      q := n ->> 'query';
-      IF jsonb_typeof(n -> 'left_node') = 'object' THEN
-        lid := df._new_id(); top := top + 1; stack[top] := n -> 'left_node'; stack_ids[top] := lid; stack_depth[top] := d + 1;
-      END IF;
-      IF jsonb_typeof(n -> 'right_node') = 'object' THEN
-        rid := df._new_id(); top := top + 1; stack[top] := n -> 'right_node'; stack_ids[top] := rid; stack_depth[top] := d + 1;
-      END IF;
-      IF jsonb_typeof(n -> 'condition_node') = 'object' THEN
-        cid := df._new_id(); top := top + 1; stack[top] := n -> 'condition_node'; stack_ids[top] := cid; stack_depth[top] := d + 1;
-        q := '{"condition_node":"' || cid || '"}';
-      END IF;
-      IF jsonb_typeof(n -> 'extra_nodes') = 'array' AND jsonb_array_length(n -> 'extra_nodes') > 0 THEN
-        extra := '{}';
-        FOR e IN SELECT x FROM jsonb_array_elements(n -> 'extra_nodes') AS x LOOP
-          cid := df._new_id(); extra := extra || cid;
-          top := top + 1; stack[top] := e; stack_ids[top] := cid; stack_depth[top] := d + 1;
-        END LOOP;
-        q := '{"extra_nodes":' || to_json(extra)::text || '}';
-      END IF;
-      IF t IN ('SQL', 'SLEEP', 'WAIT_SCHEDULE', 'BREAK', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
-        IF lid IS NOT NULL OR rid IS NOT NULL OR q IS NULL THEN
-          RAISE EXCEPTION 'Malformed Durofut JSON: a % node takes a query and no children', t USING ERRCODE = '22023';
-        END IF;
-      ELSIF t IN ('THEN', 'JOIN', 'RACE', 'IF') AND (lid IS NULL OR rid IS NULL) THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: a % node needs left_node and right_node', t USING ERRCODE = '22023';
-      ELSIF t = 'IF' AND q IS NULL THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: an IF node needs a condition_node' USING ERRCODE = '22023';
-      ELSIF t = 'LOOP' AND (lid IS NULL OR rid IS NOT NULL) THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes a body (left_node) only' USING ERRCODE = '22023';
-      END IF;
-      -- The configurations the executor reads (src/engine/graph.ts), as the builders write them.
-      IF t = 'SLEEP' AND q !~ '^\s*[0-9]+\s*$' THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: a SLEEP node takes its duration in whole seconds, not %', q USING ERRCODE = '22023';
-      ELSIF t = 'BREAK' AND NOT df._is_config(q, 'break_value') THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: a BREAK node takes {"break_value": ...}, not %', q USING ERRCODE = '22023';
-      ELSIF t = 'IF' AND jsonb_typeof(n -> 'condition_node') IS DISTINCT FROM 'object' AND NOT df._is_config(q, 'result_name') THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: an IF node needs a condition_node (or a result_has_rows condition), not %', q USING ERRCODE = '22023';
-      ELSIF t = 'LOOP' AND jsonb_typeof(n -> 'condition_node') IS DISTINCT FROM 'object' AND q IS NOT NULL THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: a LOOP node takes its condition as a condition_node, not %', q USING ERRCODE = '22023';
-      ELSIF t = 'JOIN' AND extra IS NULL AND q IS NOT NULL THEN
-        RAISE EXCEPTION 'Malformed Durofut JSON: a JOIN node takes more branches as extra_nodes, not %', q USING ERRCODE = '22023';
-      ELSIF t IN ('SIGNAL', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART') AND df._config_error(t, q) IS NOT NULL THEN
-        RAISE EXCEPTION '%', df._config_error(t, q) USING ERRCODE = '22023';
-      END IF;
-      -- HTTP steps reach outside the database: the role needs df.grant_usage(role, include_http => true).
-      IF (t = 'HTTP' AND NOT has_function_privilege(p_submitter::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE'))
-         OR (t = 'HTTP_MULTIPART'
-             AND NOT has_function_privilege(p_submitter::oid, 'df.http_multipart(text, text, jsonb, jsonb, integer)'::regprocedure, 'EXECUTE')) THEN
-        RAISE EXCEPTION 'permission denied: role % may not run HTTP steps', p_submitter USING ERRCODE = '42501',
-          HINT = format('An administrator grants it with SELECT df.grant_usage(%L, include_http => true).', p_submitter::text);
-      END IF;
-      IF t IN ('THEN', 'RACE') THEN
-        q := NULL;
-      END IF;
-      o_id[count] := nid; o_type[count] := t; o_query[count] := q; o_name[count] := n ->> 'result_name';
-      o_left[count] := lid; o_right[count] := rid;
-    END LOOP;
+    f := df._flatten(p_graph, false);
     -- Ids are 32 random bits: a graph of many nodes can draw one twice.
-    EXIT attempt WHEN (SELECT count(DISTINCT x) FROM unnest(o_id) x) = count;
+    EXIT WHEN (SELECT count(DISTINCT x) FROM unnest(f.o_id) x) = cardinality(f.o_id);
     tries := tries + 1;
     IF tries >= 10 THEN
       RAISE EXCEPTION 'df.start: could not draw unique node ids' USING ERRCODE = '23505';
     END IF;
-    root := df._new_id();
   END LOOP;
-
+  -- HTTP steps reach outside the database: the role needs df.grant_usage(role, include_http => true).
+  IF ('HTTP' = ANY (f.o_type) AND NOT has_function_privilege(p_submitter::oid, 'df.http(text, text, text, jsonb, integer)'::regprocedure, 'EXECUTE'))
+     OR ('HTTP_MULTIPART' = ANY (f.o_type)
+         AND NOT has_function_privilege(p_submitter::oid, 'df.http_multipart(text, text, jsonb, jsonb, integer)'::regprocedure, 'EXECUTE')) THEN
+    RAISE EXCEPTION 'permission denied: role % may not run HTTP steps', p_submitter USING ERRCODE = '42501',
+      HINT = format('An administrator grants it with SELECT df.grant_usage(%L, include_http => true).', p_submitter::text);
+  END IF;
   INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database)
   SELECT i, p_instance, ty, qu, na, le, ri, p_submitter, p_database
-  FROM unnest(o_id, o_type, o_query, o_name, o_left, o_right) AS x(i, ty, qu, na, le, ri);
-  RETURN root;
+  FROM unnest(f.o_id, f.o_type, f.o_query, f.o_name, f.o_left, f.o_right) AS x(i, ty, qu, na, le, ri);
+  RETURN f.o_id[1];
 END
 $$;
 

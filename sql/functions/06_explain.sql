@@ -246,114 +246,16 @@ BEGIN
 END
 $$;
 
--- A dry run: the envelope flattened into rows as df._insert_nodes stores
--- them (pre-order, ids N1, N2, ...; an IF's or LOOP's condition and a JOIN's
--- extra branches referenced from the configuration), then drawn. Checks each
--- node's shape and df.start's limits on the way.
+-- A dry run: the envelope flattened into rows by the walk df.start stores
+-- them with (df._flatten: its checks and limits, ids N1, N2, ...), then drawn.
 CREATE OR REPLACE FUNCTION df._explain_graph(p_graph jsonb) RETURNS text
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  valid text[] := df._valid_types();
-  st_node jsonb[];
-  st_parent int[];
-  st_slot int[];
-  st_pos int[];
-  st_depth int[];
-  top int := 1;
-  n jsonb;
-  par int;
-  slot int;
-  d int;
-  i int;
-  cl jsonb;
-  cr jsonb;
-  cc jsonb;
-  ce jsonb;
-  count int := 0;
-  o_id text[] := '{}';
-  o_type text[] := '{}';
-  o_query text[] := '{}';
-  o_name text[] := '{}';
-  o_left text[] := '{}';
-  o_right text[] := '{}';
-  o_cond text[] := '{}';
-  x_parent int[] := '{}';
-  x_pos int[] := '{}';
-  x_id text[] := '{}';
-  nx int := 0;
+  f record;
 BEGIN
-  st_node := ARRAY[p_graph]; st_parent := ARRAY[0]; st_slot := ARRAY[0]; st_pos := ARRAY[0]; st_depth := ARRAY[1];
-  WHILE top > 0 LOOP
-    n := st_node[top]; par := st_parent[top]; slot := st_slot[top]; d := st_depth[top];
-    i := st_pos[top];
-    top := top - 1;
-    count := count + 1;
-    IF count > 10000 THEN
-      RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000' USING ERRCODE = '54000';
-    END IF;
-    IF d > 256 THEN
-      RAISE EXCEPTION 'Workflow exceeds maximum nesting depth of 256' USING ERRCODE = '54000';
-    END IF;
-    IF jsonb_typeof(n) IS DISTINCT FROM 'object' OR jsonb_typeof(n -> 'node_type') IS DISTINCT FROM 'string'
-       OR NOT coalesce((n ->> 'node_type') = ANY (valid), false) THEN
-      RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. Valid types: %',
-        coalesce(n ->> 'node_type', 'null'), array_to_string(valid, ', ') USING ERRCODE = '22023';
-    END IF;
-    -- Each child taken out once (a jsonb subtree is copied each time it is taken).
-    cl := n -> 'left_node'; cr := n -> 'right_node'; cc := n -> 'condition_node'; ce := n -> 'extra_nodes';
-    IF jsonb_typeof(cl) NOT IN ('object', 'null') THEN
-      RAISE EXCEPTION 'Malformed Durofut JSON: left_node must be an object, not %', jsonb_typeof(cl) USING ERRCODE = '22023';
-    ELSIF jsonb_typeof(cr) NOT IN ('object', 'null') THEN
-      RAISE EXCEPTION 'Malformed Durofut JSON: right_node must be an object, not %', jsonb_typeof(cr) USING ERRCODE = '22023';
-    ELSIF jsonb_typeof(cc) NOT IN ('object', 'null') THEN
-      RAISE EXCEPTION 'Malformed Durofut JSON: condition_node must be an object, not %', jsonb_typeof(cc) USING ERRCODE = '22023';
-    ELSIF jsonb_typeof(ce) NOT IN ('array', 'null') THEN
-      RAISE EXCEPTION 'Malformed Durofut JSON: extra_nodes must be an array of objects' USING ERRCODE = '22023';
-    ELSIF jsonb_typeof(n -> 'query') NOT IN ('string', 'null') THEN
-      RAISE EXCEPTION 'Malformed Durofut JSON: query must be a string, not %', jsonb_typeof(n -> 'query') USING ERRCODE = '22023';
-    ELSIF jsonb_typeof(n -> 'result_name') NOT IN ('string', 'null') THEN
-      RAISE EXCEPTION 'Malformed Durofut JSON: result_name must be a string, not %', jsonb_typeof(n -> 'result_name') USING ERRCODE = '22023';
-    END IF;
-    o_id[count] := 'N' || count;
-    o_type[count] := n ->> 'node_type';
-    o_query[count] := n ->> 'query';
-    o_name[count] := n ->> 'result_name';
-    -- Set now, so that the arrays start at 1 (a child's id is filled in later).
-    o_left[count] := NULL; o_right[count] := NULL; o_cond[count] := NULL;
-    CASE slot
-      WHEN 1 THEN o_left[par] := o_id[count];
-      WHEN 2 THEN o_right[par] := o_id[count];
-      WHEN 3 THEN o_cond[par] := o_id[count];
-      WHEN 4 THEN nx := nx + 1; x_parent[nx] := par; x_pos[nx] := i; x_id[nx] := o_id[count];
-      ELSE NULL;
-    END CASE;
-    -- Pushed in reverse, so that they are numbered left, right, condition, extra branches.
-    IF jsonb_typeof(ce) = 'array' THEN
-      FOR m IN REVERSE jsonb_array_length(ce) - 1..0 LOOP
-        top := top + 1; st_node[top] := ce -> m; st_parent[top] := count; st_slot[top] := 4;
-        st_pos[top] := m; st_depth[top] := d + 1;
-      END LOOP;
-    END IF;
-    IF jsonb_typeof(cc) = 'object' THEN
-      top := top + 1; st_node[top] := cc; st_parent[top] := count; st_slot[top] := 3; st_pos[top] := 0; st_depth[top] := d + 1;
-    END IF;
-    IF jsonb_typeof(cr) = 'object' THEN
-      top := top + 1; st_node[top] := cr; st_parent[top] := count; st_slot[top] := 2; st_pos[top] := 0; st_depth[top] := d + 1;
-    END IF;
-    IF jsonb_typeof(cl) = 'object' THEN
-      top := top + 1; st_node[top] := cl; st_parent[top] := count; st_slot[top] := 1; st_pos[top] := 0; st_depth[top] := d + 1;
-    END IF;
-  END LOOP;
-  -- The configuration as df._insert_nodes writes it: a condition or extra branches replace the query.
-  SELECT array_agg(CASE WHEN u.c IS NOT NULL THEN '{"condition_node":' || to_json(u.c)::text || '}'
-                        WHEN x.ids IS NOT NULL THEN '{"extra_nodes":' || to_json(x.ids)::text || '}'
-                        ELSE u.q END ORDER BY u.o)
-    INTO o_query
-    FROM unnest(o_query, o_cond) WITH ORDINALITY AS u(q, c, o)
-    LEFT JOIN (SELECT y.p, array_agg(y.id ORDER BY y.pos) AS ids
-                 FROM unnest(x_parent, x_pos, x_id) AS y(p, pos, id) GROUP BY y.p) AS x ON x.p = u.o;
-  RETURN df._explain_tree(o_id, o_type, o_query, o_name, o_left, o_right, NULL, 'N1');
+  f := df._flatten(p_graph, true);
+  RETURN df._explain_tree(f.o_id, f.o_type, f.o_query, f.o_name, f.o_left, f.o_right, NULL, f.o_id[1]);
 END
 $$;
 

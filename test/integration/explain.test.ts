@@ -157,10 +157,13 @@ describe('dry runs of JSON, SQL and other input', () => {
       [node('WAIT_SCHEDULE', { cron_expr: '0 2 * * *', time_zone: 'Europe/Paris' }), `WAIT '0 2 * * *' (Europe/Paris)`],
       [node('WAIT_SCHEDULE', { cron_expr: '*/5 * * * *' }), `WAIT '*/5 * * * *'`],
       [node('HTTP', { url: 'https://api.example.com/v1/hooks', method: 'GET', body: null, headers: {}, timeout_seconds: 30 }, 'resp'), `HTTP GET https://api.example.com/v1/hooks |=> 'resp'`],
-      [node('HTTP', { url: `${'https://api.example.com/v1/'}${'p'.repeat(40)}` }), `HTTP POST https://api.example.com/v1/${'p'.repeat(10)}...`],
-      [node('HTTP_MULTIPART', { url: 'https://up.example.com/files', method: 'POST', parts: [], headers: {}, timeout_seconds: null }), 'HTTP_MULTIPART POST https://up.example.com/files'],
+      // A dry run checks each node as df.start does: the configurations are complete ones.
+      [node('HTTP', { url: `${'https://api.example.com/v1/'}${'p'.repeat(40)}`, method: 'POST', body: null, headers: null, timeout_seconds: 30 }), `HTTP POST https://api.example.com/v1/${'p'.repeat(10)}...`],
+      [node('HTTP_MULTIPART', { url: 'https://up.example.com/files', method: 'POST', parts: [{ name: 'f', data_b64: '' }], headers: {}, timeout_seconds: 30 }), 'HTTP_MULTIPART POST https://up.example.com/files'],
     ];
     for (const [json, line] of cases) expect(tree(await explain('$1', [json])), json).toEqual([line]);
+    // The dry run walks the graph as df.start does, with its checks: what df.start refuses, it does not draw.
+    expect(await explain('$1', [node('WAIT_SCHEDULE', { cron_expr: '61 * * * *' })])).toMatch(/^Cannot explain input: Invalid cron expression '61 \* \* \* \*': /);
     const seq = JSON.stringify({ node_type: 'THEN', left_node: JSON.parse(cases[2]![0]), right_node: JSON.parse(cases[0]![0]) });
     expect(tree(await explain('$1', [seq]))).toEqual([`WAIT '0 2 * * *' (Europe/Paris)`, `→ SIGNAL 'approve' (3600s)`]);
     // The constructors build the same nodes.
